@@ -1,0 +1,75 @@
+"""Batches: dicts of tensors with padding masks, built from a PackedSplit.
+
+Batch contract (B = batch size, T_M = longest sequence of modality M in this batch):
+    <M>:       (B, T_M, D_M) float32, zero beyond each row's length
+    <M>_mask:  (B, T_M) bool, True on real frames
+    emotion, intent: (B,) int64, -1 where the row has no label for that task
+    weight:    (B,) float32 per-sample loss weight (1 for gold rows)
+    index:     (B,) int64 row index into the split (to recover ids)
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from meiju_ray.packing import PackedSplit
+
+Batch = dict[str, torch.Tensor]
+
+
+def collate(split: PackedSplit, rows: np.ndarray) -> Batch:
+    """Pad the rows' sequences to this batch's maximum and build masks."""
+    rows = np.asarray(rows, dtype=np.int64)
+    batch: Batch = {}
+    for name, values in split.values.items():
+        offsets = split.offsets[name]
+        lens = offsets[rows + 1] - offsets[rows]
+        t_max = int(lens.max())
+        padded = np.zeros((len(rows), t_max, values.shape[1]), dtype=np.float32)
+        for b, (i, n) in enumerate(zip(rows, lens)):
+            padded[b, :n] = values[offsets[i]:offsets[i] + n]
+        batch[name] = torch.from_numpy(padded)
+        batch[f"{name}_mask"] = torch.from_numpy(np.arange(t_max)[None, :] < lens[:, None])
+    batch["emotion"] = torch.from_numpy(split.emotion[rows].copy())
+    batch["intent"] = torch.from_numpy(split.intent[rows].copy())
+    batch["weight"] = torch.from_numpy(split.weight[rows].astype(np.float32))
+    batch["index"] = torch.from_numpy(rows.copy())
+    return batch
+
+
+def batch_order(split: PackedSplit, batch_size: int, shuffle: bool, rng: np.random.Generator | None,
+                bucket_by_length: bool) -> list[np.ndarray]:
+    """Row indices per batch.
+
+    With bucketing, rows are shuffled, cut into pools of 50 batches, sorted by length inside a
+    pool and cut into batches whose order is shuffled again: batches stay random but hold
+    similar lengths, so little compute goes into padding.
+    """
+    n = len(split)
+    order = rng.permutation(n) if shuffle and rng is not None else np.arange(n)
+    if not bucket_by_length:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    cost = sum(split.lengths(name) * split.values[name].shape[1] for name in split.values)
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, n, pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.argsort(cost[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if shuffle and rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def iter_batches(split: PackedSplit, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 bucket_by_length: bool = True) -> Iterator[Batch]:
+    rng = np.random.default_rng(seed) if shuffle else None
+    for rows in batch_order(split, batch_size, shuffle, rng, bucket_by_length):
+        yield collate(split, rows)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}

@@ -1,0 +1,332 @@
+"""Typed experiment configuration: schema and defaults here, values in `experiments/*.yaml`.
+
+Merge order: dataclass defaults <- experiment YAML <- `key.sub=value` overrides. Unknown keys and
+wrong types raise `ConfigError` naming the key at load time. The resolved config round-trips through
+`to_dict` / `from_dict`, which is how it crosses into Ray workers and Tune trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meiju_ray.labels import EMOTIONS, INTENTS
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong. The message names the key (and file)."""
+
+
+@dataclass
+class ModalityConfig:
+    name: str                 # short tag used in batch keys: "A", "V", "L"
+    folder: str               # sub-folder of the feature dir holding <id>.npy
+    dim: int                  # D of every [T, D] array; a mismatch is an error, never reshaped
+    encoder: str = ""         # "" = the model default for this preset; or lstm | textcnn | pool | attn
+    max_len: int = 0          # keep at most this many frames (evenly subsampled); 0 = all
+
+
+DEFAULT_MODALITIES = [
+    ModalityConfig("A", "wav2vec", 512),
+    ModalityConfig("V", "ResNet-50", 342),
+    ModalityConfig("L", "RoBERTa", 768),
+]
+
+
+@dataclass
+class DataConfig:
+    root: str = ""                                    # required: the Track1/<lang> directory
+    annotation_dir: str = "Annotation"                # holds <split>_files.txt (relative to root)
+    feature_dir: str = "Annotation/features"          # labelled/test features (relative to root or absolute)
+    unlabeled_dir: str = "NoAnnotation"               # unlabelled pool (list file optional)
+    unlabeled_feature_dir: str = "NoAnnotation/features"
+    cache_dir: str = ""                               # packed shards; "" = <root>/.meiju_packed
+    train_split: str = "Training"
+    val_split: str = "Validation"
+    test_split: str = "Testing"
+    modalities: list[ModalityConfig] = field(default_factory=lambda: [dataclasses.replace(m) for m in DEFAULT_MODALITIES])
+    emotion_labels: list[str] = field(default_factory=lambda: list(EMOTIONS))
+    intent_labels: list[str] = field(default_factory=lambda: list(INTENTS))
+    shard_rows: int = 1024                            # rows per packed Parquet shard
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "paper"            # paper | baseline (baseline = docs/baseline.md §3 topology)
+    hidden: int = 128
+    encoder: str = "pool"            # default encoder for every modality: lstm | textcnn | pool | attn
+    sharing: str = "shared"          # shared (one encoder stack for both tasks) | per_task (baseline)
+    fusion_layers: int = 1
+    fusion_heads: int = 4
+    fusion_ff: int = 256
+    modality_embedding: bool = True  # learned type embedding per modality token (baseline: none)
+    heads_emo_to_int: int = 4        # heads of the emotion-queries-attend-to-intent direction
+    heads_int_to_emo: int = 2        # heads of the intent-queries-attend-to-emotion direction
+    interaction: str = "gate"        # gate (baseline "normal") | plain (Q + hence) | none
+    intent_fusion: str = "learned"   # off | average | learned: final intent = mix(IntC, IntCF)
+    classifier: list[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.3
+    input_dropout: float = 0.1       # dropout on raw frame features
+
+
+@dataclass
+class LossConfig:
+    emotion_weight: float = 1.0
+    intent_weight: float = 1.0
+    aux_weight: float = 1.0          # weight of the auxiliary concatenation heads (EmoCF, IntCF)
+    label_smoothing: float = 0.0
+    class_weights: str = "none"      # none | balanced (inverse frequency on the training labels)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"         # constant | linear (baseline: constant then linear decay) | cosine
+    constant_epochs: int = 0         # epochs at full LR before the decay (baseline niter)
+    grad_clip: float = 1.0           # 0 = off
+    patience: int = 8                # early stopping on validation joint; 0 = off
+    bucket_by_length: bool = True    # group similar lengths so little is spent on padding
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    num_threads: int = 0             # torch threads per process; 0 = cores / processes on this node
+    amp: bool = False                # autocast on cuda
+    track: int = 1                   # 1: weighted F1 per task; 2: micro F1
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 0             # 0 = in-process; >= 1 = Ray Train TorchTrainer workers
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    output_dir: str = ""             # required
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
+        cfg = _build(cls, values, "")
+        validate(cfg)
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# building dataclasses from plain dicts with type checks
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(values) and isinstance(values, cls):
+        values = dataclasses.asdict(values)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{_join(where, unknown[0])}' (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field without default
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        (item_tp,) = typing.get_args(tp)[:1]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+# --------------------------------------------------------------------------------------------
+# validation of values (cross-field rules live here, not scattered through the code)
+
+_CHOICES = {
+    "model.preset": ("paper", "baseline"),
+    "model.encoder": ("lstm", "textcnn", "pool", "attn"),
+    "model.sharing": ("shared", "per_task"),
+    "model.interaction": ("gate", "plain", "none"),
+    "model.intent_fusion": ("off", "average", "learned"),
+    "loss.class_weights": ("none", "balanced"),
+    "train.schedule": ("constant", "linear", "cosine"),
+    "train.track": (1, 2),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError for values that type-check but make no sense."""
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {list(choices)}")
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if not d.modalities:
+        raise ConfigError("config key 'data.modalities': at least one modality is required")
+    names = [mod.name for mod in d.modalities]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config key 'data.modalities': duplicate modality names {names}")
+    for i, mod in enumerate(d.modalities):
+        if mod.dim <= 0:
+            raise ConfigError(f"config key 'data.modalities[{i}].dim': must be > 0, got {mod.dim}")
+        if mod.encoder and mod.encoder not in _CHOICES["model.encoder"]:
+            raise ConfigError(f"config key 'data.modalities[{i}].encoder': {mod.encoder!r} is not one of {list(_CHOICES['model.encoder'])}")
+        if mod.max_len < 0:
+            raise ConfigError(f"config key 'data.modalities[{i}].max_len': must be >= 0")
+    for key in ("emotion_labels", "intent_labels"):
+        labels = getattr(d, key)
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ConfigError(f"config key 'data.{key}': need >= 2 distinct labels, got {labels}")
+    for key in ("fusion_heads", "heads_emo_to_int", "heads_int_to_emo"):
+        heads = getattr(m, key)
+        if heads < 1 or m.hidden % heads:
+            raise ConfigError(f"config key 'model.{key}': {heads} heads must be >= 1 and divide model.hidden={m.hidden}")
+    for key in ("dropout", "input_dropout"):
+        if not 0.0 <= getattr(m, key) < 1.0:
+            raise ConfigError(f"config key 'model.{key}': must be in [0, 1)")
+    if not 0.0 <= cfg.loss.label_smoothing < 1.0:
+        raise ConfigError("config key 'loss.label_smoothing': must be in [0, 1)")
+    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
+        raise ConfigError("config keys 'train.epochs', 'train.batch_size' must be >= 1 and 'train.lr' > 0")
+    if len(t.betas) != 2:
+        raise ConfigError("config key 'train.betas': expected two numbers")
+    if cfg.scaling.num_workers < 0:
+        raise ConfigError("config key 'scaling.num_workers': must be >= 0")
+
+
+def check_required(cfg: ExperimentConfig) -> None:
+    """Keys a run cannot do without: data.root, output_dir (seed always has a value)."""
+    for key in ("data.root", "output_dir"):
+        if not _get(cfg, key):
+            raise ConfigError(f"config key '{key}' must be set (in the experiment YAML or as {key}=...)")
+
+
+# --------------------------------------------------------------------------------------------
+# loading: YAML file + overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", yaml-parsed value). `a.b=` gives the empty string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `tree[a][b] = value` for key 'a.b', creating sub-dicts; unknown keys are caught by from_dict."""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),
+                require: bool = True) -> ExperimentConfig:
+    """Load an experiment YAML, apply `key=value` overrides, type-check and validate.
+
+    Relative `data.root` / `output_dir` in the YAML stay relative to the current directory
+    (the commands are run from the repo root, as the README shows).
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"experiment file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(tree, key, value)
+    try:
+        cfg = ExperimentConfig.from_dict(tree)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    if require:
+        check_required(cfg)
+    return cfg
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists of dicts become a.0.key (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, item in enumerate(v):
+                out.update(flatten(item, f"{key}.{i}."))
+        else:
+            out[key] = v
+    return out

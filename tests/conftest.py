@@ -1,0 +1,62 @@
+"""Shared fixtures: small synthetic worlds on disk and configs pointing at them.
+
+Ray/MLflow environment settings are applied here, before anything can start Ray
+(docs: ray-mlflow-notes §8).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from meiju_ray.config import ExperimentConfig, ModalityConfig, load_config  # noqa: E402
+from meiju_ray.synth import ModalitySpec, write_world  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_SPECS = (ModalitySpec("A", "wav2vec", 24, 4, 40, 14),
+               ModalitySpec("V", "ResNet-50", 12, 1, 20, 6),
+               ModalitySpec("L", "RoBERTa", 32, 3, 16, 7))
+SMALL_MODALITIES = [{"name": s.name, "folder": s.folder, "dim": s.dim} for s in SMALL_SPECS]
+
+
+def small_config(root: Path, out: Path, *overrides: str) -> ExperimentConfig:
+    """experiments/smoke.yaml pointed at a small-dims world."""
+    mods = "[" + ",".join("{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
+                          for m in SMALL_MODALITIES) + "]"
+    return load_config(REPO / "experiments" / "smoke.yaml",
+                       [f"data.root={root}", f"output_dir={out}", f"data.modalities={mods}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """~340 labelled training rows with small feature dims: learnable in seconds."""
+    out = tmp_path_factory.mktemp("worlds") / "small"
+    write_world(out, seed=3, scale=0.15, unlabeled=120, modalities=SMALL_SPECS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The minimum world (14 rows per split), small dims: for plumbing tests."""
+    out = tmp_path_factory.mktemp("worlds") / "tiny"
+    write_world(out, seed=5, scale=0.001, unlabeled=30, modalities=SMALL_SPECS)
+    return out
+
+
+@pytest.fixture()
+def tiny_cfg(tiny_world, tmp_path) -> ExperimentConfig:
+    return small_config(tiny_world, tmp_path / "run", "train.epochs=2",
+                        f"data.cache_dir={tmp_path / 'packed'}")
+
+
+def modality(name: str, dim: int, folder: str | None = None) -> ModalityConfig:
+    return ModalityConfig(name, folder or name, dim)
