@@ -40,15 +40,17 @@ def collate(split: PackedSplit, rows: np.ndarray) -> Batch:
 
 
 def batch_order(split: PackedSplit, batch_size: int, shuffle: bool, rng: np.random.Generator | None,
-                bucket_by_length: bool) -> list[np.ndarray]:
+                bucket_by_length: bool, rows: np.ndarray | None = None) -> list[np.ndarray]:
     """Row indices per batch.
 
     With bucketing, rows are shuffled, cut into pools of 50 batches, sorted by length inside a
     pool and cut into batches whose order is shuffled again: batches stay random but hold
     similar lengths, so little compute goes into padding.
     """
-    n = len(split)
-    order = rng.permutation(n) if shuffle and rng is not None else np.arange(n)
+    order = np.arange(len(split)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if shuffle and rng is not None:
+        order = rng.permutation(order)
+    n = len(order)
     if not bucket_by_length:
         return [order[i:i + batch_size] for i in range(0, n, batch_size)]
     cost = sum(split.lengths(name) * split.values[name].shape[1] for name in split.values)
@@ -64,10 +66,19 @@ def batch_order(split: PackedSplit, batch_size: int, shuffle: bool, rng: np.rand
 
 
 def iter_batches(split: PackedSplit, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 bucket_by_length: bool = True) -> Iterator[Batch]:
+                 bucket_by_length: bool = True, rows: np.ndarray | None = None) -> Iterator[Batch]:
+    """Batches over all rows (or the given subset, e.g. this worker's shard)."""
     rng = np.random.default_rng(seed) if shuffle else None
-    for rows in batch_order(split, batch_size, shuffle, rng, bucket_by_length):
-        yield collate(split, rows)
+    for batch_rows in batch_order(split, batch_size, shuffle, rng, bucket_by_length, rows):
+        yield collate(split, batch_rows)
+
+
+def shard_rows(n: int, rank: int, world_size: int, seed: int) -> np.ndarray:
+    """This rank's rows for one epoch: a seeded permutation dealt round-robin, truncated so
+    every rank gets the same count (DDP needs the same number of steps on every rank)."""
+    per_rank = n // world_size
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[rank::world_size][:per_rank]
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

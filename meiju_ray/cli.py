@@ -9,9 +9,11 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from meiju_ray.config import ConfigError, load_config
 from meiju_ray.layout import UNLABELED, DataError
+from meiju_ray.tracking import TrackingError
 
 log = logging.getLogger("meiju_ray")
 
@@ -43,7 +45,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from meiju_ray.training import run_train
-    metrics = run_train(load_config(args.experiment, args.overrides))
+    cfg = load_config(args.experiment, args.overrides)
+    _address(args, cfg)
+    metrics = run_train(cfg)
     print(json.dumps({k: metrics[k] for k in ("emo", "int", "joint", "best_epoch", "epochs_run")}))
     return 0
 
@@ -62,6 +66,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from meiju_ray.inference import predict_checkpoint
     path = predict_checkpoint(args.checkpoint, args.out, args.data_root, args.split, args.device)
     print(path)
+    return 0
+
+
+def _address(args: argparse.Namespace, cfg) -> None:
+    if getattr(args, "address", None):
+        cfg.ray.address = args.address
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from meiju_ray.pseudo_label import run_pseudo_label
+    from meiju_ray.ray_env import init_ray
+    cfg = load_config(args.experiment, args.overrides)
+    _address(args, cfg)
+    teacher = Path(args.checkpoint or Path(cfg.output_dir) / "checkpoint")
+    out = Path(args.out or Path(cfg.output_dir) / "pseudo_labels")
+    init_ray(cfg.ray)
+    info = run_pseudo_label(cfg, teacher, out)
+    print(json.dumps({k: info[k] for k in ("n_rows", "n_selected", "selection_rate", "n_emotion_kept",
+                                           "n_intent_kept")} | {"out": str(out)}))
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from meiju_ray.pipeline import run_pipeline
+    cfg = load_config(args.experiment, args.overrides)
+    _address(args, cfg)
+    m = run_pipeline(cfg)
+    t, s = m["teacher"], m["student"]
+    print(f"\nteacher (labelled only):  emo {t['emo']:.4f}  int {t['int']:.4f}  joint {t['joint']:.4f}")
+    print(f"student (+{m['n_pseudo']} pseudo):   emo {s['emo']:.4f}  int {s['int']:.4f}  joint {s['joint']:.4f}"
+          f"  ({m['gain_joint']:+.4f})")
+    print(f"results:    {Path(cfg.output_dir).resolve()}/metrics.json")
+    print(f"submission: {m['submission']}")
+    if m["mlflow"]["tracking_uri"]:
+        print(f"browse:     meiju-ray ui --tracking-uri '{m['mlflow']['tracking_uri']}'   "
+              f"(or: mlflow ui --backend-store-uri '{m['mlflow']['tracking_uri']}')")
     return 0
 
 
@@ -86,7 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train on Training, select on Validation; writes checkpoint/ + metrics.json")
     _experiment_args(p)
+    p.add_argument("--address", default=None, help="Ray cluster for scaling.num_workers >= 1 (default: $RAY_ADDRESS or local)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pseudo-label", help="teacher inference on the unlabelled pool with Ray Data + selection")
+    _experiment_args(p)
+    p.add_argument("--checkpoint", default=None, help="teacher checkpoint (default <output_dir>/checkpoint)")
+    p.add_argument("--out", default=None, help="output directory (default <output_dir>/pseudo_labels)")
+    p.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
+    p.set_defaults(func=cmd_pseudo_label)
+
+    p = sub.add_parser("pipeline", help="teacher -> pseudo-labels -> student -> metrics.json + submission.csv")
+    _experiment_args(p)
+    p.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
+    p.set_defaults(func=cmd_pipeline)
 
     for name, helptext in (("evaluate", "scores of a checkpoint on a labelled split"),
                            ("predict", "write submission.csv (filename,emo_pred,int_pred) for a split")):
@@ -111,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, FileNotFoundError, PermissionError, ValueError) as exc:
+    except (ConfigError, DataError, TrackingError, FileNotFoundError, PermissionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

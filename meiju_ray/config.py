@@ -46,6 +46,7 @@ class DataConfig:
     feature_dir: str = "Annotation/features"          # labelled/test features (relative to root or absolute)
     unlabeled_dir: str = "NoAnnotation"               # unlabelled pool (list file optional)
     unlabeled_feature_dir: str = "NoAnnotation/features"
+    unlabeled_truth: str = "hidden/NoAnnotation_labels.txt"  # withheld pool labels, if the data has them
     cache_dir: str = ""                               # packed shards; "" = <root>/.meiju_packed
     train_split: str = "Training"
     val_split: str = "Validation"
@@ -108,6 +109,44 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    max_failures: int = 2            # a dead worker is replaced and training resumes from the latest checkpoint
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Teacher -> pseudo-labels on the unlabelled pool -> student (docs: paper.md §5-6)."""
+    enabled: bool = True
+    rule: str = "per_task"           # per_task | joint | classwise | topk
+    threshold: float = 0.99          # the winning paper's bar; per task, or both tasks for `joint`
+    class_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    #   classwise: {"emotion": {"fear": 0.85, ...}, "intent": {...}}; unlisted classes use `threshold`
+    topk_per_class: int = 100        # topk: the k most confident rows predicted as each class
+    min_confidence: float = 0.0      # topk: and at least this confident
+    consistency: bool = False        # reject (emotion, intent) pairs never seen in the training labels
+    calibrate: str = "temperature"   # none | temperature (fit on validation before thresholding)
+    weight: float = 1.0              # loss weight of a pseudo-labelled row (gold rows weigh 1)
+    weighting: str = "constant"      # constant | confidence (weight * confidence)
+    rounds: int = 1                  # teacher -> student -> student becomes the next teacher
+    max_rows: int = 0                # use at most this many unlabelled rows (0 = all)
+    actors: int = 1                  # Ray Data inference actors
+    cpus_per_actor: float = 0.5      # < cluster CPUs, or Ray Data's read/write tasks starve
+    gpus_per_actor: float = 0.0
+    batch_size: int = 256
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = ""                    # "" = sqlite:///<abs output_dir/..>/mlflow.db; or http://host:port
+    experiment: str = "meiju_ray"
+    run_name: str = ""
+
+
+@dataclass
+class RayConfig:
+    address: str = ""                # "" = $RAY_ADDRESS if set, else a private local cluster
+    num_cpus: int = 0                # local cluster size; 0 = all cores
+    object_store_mb: int = 512       # local cluster object store (the default takes 30% of RAM)
 
 
 @dataclass
@@ -119,6 +158,9 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,6 +242,9 @@ _CHOICES = {
     "loss.class_weights": ("none", "balanced"),
     "train.schedule": ("constant", "linear", "cosine"),
     "train.track": (1, 2),
+    "pseudo.rule": ("per_task", "joint", "classwise", "topk"),
+    "pseudo.calibrate": ("none", "temperature"),
+    "pseudo.weighting": ("constant", "confidence"),
 }
 
 
@@ -246,6 +291,23 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'train.betas': expected two numbers")
     if cfg.scaling.num_workers < 0:
         raise ConfigError("config key 'scaling.num_workers': must be >= 0")
+    p = cfg.pseudo
+    if not 0.0 <= p.threshold <= 1.0 or not 0.0 <= p.min_confidence <= 1.0:
+        raise ConfigError("config keys 'pseudo.threshold' and 'pseudo.min_confidence' must be in [0, 1]")
+    for task, table in p.class_thresholds.items():
+        labels = {"emotion": d.emotion_labels, "intent": d.intent_labels}.get(task)
+        if labels is None or not isinstance(table, dict):
+            raise ConfigError(f"config key 'pseudo.class_thresholds.{task}': expected emotion/intent -> {{label: bar}}")
+        for label, bar in table.items():
+            if label not in labels:
+                raise ConfigError(f"config key 'pseudo.class_thresholds.{task}.{label}': unknown {task} label")
+            if not isinstance(bar, (int, float)) or not 0.0 <= bar <= 1.0:
+                raise ConfigError(f"config key 'pseudo.class_thresholds.{task}.{label}': must be a number in [0, 1]")
+    if p.rounds < 1 or p.actors < 1 or p.batch_size < 1 or p.topk_per_class < 1:
+        raise ConfigError("config keys 'pseudo.rounds', 'pseudo.actors', 'pseudo.batch_size', 'pseudo.topk_per_class' must be >= 1")
+    if p.weight <= 0:
+        raise ConfigError("config key 'pseudo.weight': must be > 0")
+
 
 
 def check_required(cfg: ExperimentConfig) -> None:

@@ -206,12 +206,13 @@ def table_to_packed(table: pa.Table, modalities: list[ModalityConfig]) -> Packed
         values[m.name] = flat.reshape(-1, m.dim)
         offsets[m.name] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     n = table.num_rows
-    weight = (table.column("weight").to_numpy().astype(np.float32) if "weight" in table.column_names
-              else np.ones(n, dtype=np.float32))
-    return PackedSplit(table.column("id").to_pylist(),
-                       table.column("emotion").to_numpy().astype(np.int64),
-                       table.column("intent").to_numpy().astype(np.int64),
-                       weight, values, offsets)
+
+    def column(name: str, default: float, dtype) -> np.ndarray:  # labels/weights are optional columns
+        if name in table.column_names:
+            return table.column(name).to_numpy().astype(dtype)
+        return np.full(n, default, dtype=dtype)
+    return PackedSplit(table.column("id").to_pylist(), column("emotion", -1, np.int64),
+                       column("intent", -1, np.int64), column("weight", 1.0, np.float32), values, offsets)
 
 
 def load_packed(packed_dir: Path, modalities: list[ModalityConfig]) -> PackedSplit:

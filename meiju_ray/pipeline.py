@@ -1,0 +1,116 @@
+"""`meiju-ray pipeline`: teacher -> pseudo-labels -> student -> validation + submission.csv.
+
+    <output_dir>/teacher/           supervised-only model (checkpoint/, metrics.json, history.json)
+    <output_dir>/pseudo_r<k>/       pseudo_labels.parquet + summary.json of round k
+    <output_dir>/student_r<k>/      student of round k (labelled + pseudo-labelled rows)
+    <output_dir>/metrics.json       teacher and student validation emo/int/joint, gain, pseudo counts
+    <output_dir>/submission.csv     the final student's predictions for the test split
+
+MLflow: one parent run with nested runs per stage (teacher, pseudo_label_r<k>, student_r<k>).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from meiju_ray.config import ExperimentConfig, check_required, to_yaml
+from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
+from meiju_ray.inference import evaluate_checkpoint, predict_checkpoint
+from meiju_ray.pseudo_label import SUMMARY_FILE, load_pseudo_rows, run_pseudo_label
+from meiju_ray.ray_env import init_ray
+from meiju_ray.tracking import Tracker, check_reachable, resolve_uri
+from meiju_ray.training import run_train
+
+log = logging.getLogger("meiju_ray")
+SCORES = ("emo", "int", "joint")
+
+
+def _stage_cfg(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
+    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / name))
+
+
+def _train_stage(cfg: ExperimentConfig, tracker: Tracker, name: str, extra=None) -> dict:
+    """Train one model in <output_dir>/<name> inside a nested MLflow run; log curves and artifacts."""
+    stage = _stage_cfg(cfg, name)
+    with tracker.run(name, nested=True, tags={"stage": name.split("_")[0]}):
+        tracker.log_config(stage)
+
+        def on_epoch(epoch: int, metrics: dict, is_best: bool) -> None:
+            tracker.log_metrics(metrics, step=epoch)
+
+        metrics = run_train(stage, extra_train=extra, on_epoch=on_epoch)
+        ckpt = Path(stage.output_dir) / "checkpoint"
+        val = evaluate_checkpoint(ckpt, split=cfg.data.val_split)
+        tracker.log_metrics({f"best_val_{k}": metrics[k] for k in SCORES} | {"n_pseudo": metrics.get("n_pseudo", 0)})
+        tracker.log_confusion(val["confusion_emotion"], cfg.data.emotion_labels, f"{name}: emotion (validation)",
+                              "confusion_emotion.png")
+        tracker.log_confusion(val["confusion_intent"], cfg.data.intent_labels, f"{name}: intent (validation)",
+                              "confusion_intent.png")
+        tracker.log_artifact(Path(stage.output_dir) / "metrics.json")
+        tracker.log_model(ckpt)
+    return metrics
+
+
+def _pseudo_stage(cfg: ExperimentConfig, tracker: Tracker, teacher_ckpt: Path, name: str) -> dict:
+    out = Path(cfg.output_dir) / name
+    with tracker.run(name, nested=True, tags={"stage": "pseudo_label"}):
+        info = run_pseudo_label(cfg, teacher_ckpt, out)
+        tracker.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+        tracker.log_artifact(out / SUMMARY_FILE)
+    return info
+
+
+def run_pipeline(cfg: ExperimentConfig) -> dict:
+    """Run every stage; returns what metrics.json holds."""
+    check_required(cfg)
+    out = ensure_writable_dir(cfg.output_dir)
+    tracker = Tracker(cfg)
+    if tracker.enabled:
+        check_reachable(resolve_uri(cfg))  # fail fast, before any training
+    write_text_atomic(out / "config.yaml", to_yaml(cfg))
+    init_ray(cfg.ray)
+    t0 = time.time()
+    with tracker.run(cfg.tracking.run_name or f"pipeline:{out.name}", tags={"stage": "pipeline"}) as parent_id:
+        tracker.log_config(cfg)
+        log.info("[1] teacher: labelled data only")
+        teacher = _train_stage(cfg, tracker, "teacher")
+        current_ckpt = out / "teacher" / "checkpoint"
+        rounds: list[dict] = []
+        student = teacher
+        if cfg.pseudo.enabled:
+            for r in range(1, cfg.pseudo.rounds + 1):
+                log.info("[2] round %d: pseudo-labelling the unlabelled pool with Ray Data", r)
+                info = _pseudo_stage(cfg, tracker, current_ckpt, f"pseudo_r{r}")
+                extra = load_pseudo_rows(cfg, out / f"pseudo_r{r}")
+                if len(extra) == 0:
+                    log.warning("round %d: no pseudo-label passed the selection; the student trains on gold labels only", r)
+                log.info("[3] round %d: student on %d pseudo-labelled rows + the labelled data", r, len(extra))
+                student = _train_stage(cfg, tracker, f"student_r{r}", extra)
+                current_ckpt = out / f"student_r{r}" / "checkpoint"
+                rounds.append({"round": r, "n_pseudo": len(extra), **{k: student[k] for k in SCORES},
+                               "pseudo": {k: info.get(k) for k in ("n_rows", "n_selected", "selection_rate",
+                                                                     "n_emotion_kept", "n_intent_kept",
+                                                                     "emotion_accuracy", "intent_accuracy",
+                                                                     "temperature")}})
+        log.info("[4] predicting %s with %s", cfg.data.test_split, current_ckpt.parent.name)
+        submission = predict_checkpoint(current_ckpt, out / "submission.csv", split=cfg.data.test_split)
+        metrics = {
+            "teacher": {k: teacher[k] for k in SCORES},
+            "student": {k: student[k] for k in SCORES},
+            "gain_joint": student["joint"] - teacher["joint"],
+            "n_pseudo": rounds[-1]["n_pseudo"] if rounds else 0,
+            "rounds": rounds,
+            "majority_baseline": teacher["majority_baseline"],
+            "final_model": str(current_ckpt),
+            "submission": str(submission),
+            "mlflow": {"tracking_uri": tracker.uri, "experiment": cfg.tracking.experiment, "parent_run_id": parent_id},
+            "seconds": round(time.time() - t0, 1),
+        }
+        write_json_atomic(out / "metrics.json", metrics)
+        tracker.log_metrics({f"teacher_{k}": teacher[k] for k in SCORES} | {f"student_{k}": student[k] for k in SCORES}
+                            | {"gain_joint": metrics["gain_joint"], "n_pseudo": metrics["n_pseudo"]})
+        tracker.log_artifact(out / "metrics.json")
+        tracker.log_artifact(submission)
+    return metrics

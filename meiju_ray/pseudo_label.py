@@ -1,0 +1,172 @@
+"""Pseudo-labelling the unlabelled pool with Ray Data: teacher inference over an actor pool.
+
+    packed NoAnnotation shards --read_parquet--> map_batches(TeacherPredictor, actor pool) --> probs
+    probs --calibrate (temperature fit on Validation)--> selection rule --> pseudo_labels.parquet + summary.json
+
+Actors load the teacher checkpoint once. Only ids and probabilities come back to the driver
+(N x (C_e + C_i) floats), so memory stays bounded however large the pool; the selection (which
+needs a global view for top-k) runs on the driver with the pure functions of `selection.py`.
+The output directory appears complete or not at all (temp dir + rename; summary.json inside).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from meiju_ray import checkpoint
+from meiju_ray.batching import iter_batches
+from meiju_ray.checkpoint import atomic_replace_dir
+from meiju_ray.config import ExperimentConfig
+from meiju_ray.engine import predict_probs, resolve_device, set_threads
+from meiju_ray.fileio import write_json_atomic
+from meiju_ray.layout import UNLABELED, DataError, read_split_list, resolve
+from meiju_ray.packing import PackedSplit, load_split, pack_split, shard_files, table_to_packed
+from meiju_ray.ray_env import check_cpu_budget
+from meiju_ray.selection import allowed_pairs_from, apply_temperature, fit_temperature, select, summary
+
+log = logging.getLogger("meiju_ray")
+PSEUDO_FILE, SUMMARY_FILE = "pseudo_labels.parquet", "summary.json"
+
+
+class TeacherPredictor:
+    """Ray Data callable class: one model load per actor; a pyarrow batch in, probabilities out."""
+
+    def __init__(self, checkpoint_dir: str, device: str = "cpu", threads: int = 1):
+        set_threads(threads)
+        self.device = resolve_device(device)
+        self.model, self.cfg, _ = checkpoint.load(checkpoint_dir, self.device)
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        split = table_to_packed(table, self.cfg.data.modalities)
+        probs = predict_probs(self.model, iter_batches(split, 64), self.device)  # length-bucketed, row order kept
+        return {"id": np.asarray(split.ids, dtype=object),
+                "emotion_probs": probs["emotion"].astype(np.float32),
+                "intent_probs": probs["intent"].astype(np.float32)}
+
+
+def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Run the teacher over every packed unlabelled row with a Ray Data actor pool."""
+    import ray.data
+
+    p = cfg.pseudo
+    check_cpu_budget(p.actors * p.cpus_per_actor, f"pseudo.actors={p.actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}")
+    columns = ["id"] + [c for m in cfg.data.modalities for c in (m.name, f"{m.name}_len")]
+    ds = ray.data.read_parquet([str(f) for f in shard_files(packed_dir)]).select_columns(columns)
+    if p.max_rows:
+        ds = ds.limit(p.max_rows)
+    device = "cuda" if p.gpus_per_actor > 0 else "cpu"
+    threads = max(1, int(p.cpus_per_actor)) if p.cpus_per_actor >= 1 else 1
+    out = ds.map_batches(TeacherPredictor, batch_size=p.batch_size, batch_format="pyarrow",
+                         fn_constructor_kwargs={"checkpoint_dir": str(teacher_dir), "device": device, "threads": threads},
+                         compute=ray.data.ActorPoolStrategy(size=p.actors),
+                         num_cpus=p.cpus_per_actor, num_gpus=p.gpus_per_actor or None)
+    ids: list[str] = []
+    emo, intent = [], []
+    for batch in out.iter_batches(batch_size=4096, batch_format="numpy"):
+        ids.extend(str(x) for x in batch["id"])
+        emo.append(np.asarray(batch["emotion_probs"], dtype=np.float32))
+        intent.append(np.asarray(batch["intent_probs"], dtype=np.float32))
+    if not ids:
+        raise DataError(f"the unlabelled pool at {packed_dir} produced no rows")
+    order = np.argsort(np.asarray(ids), kind="stable")  # Ray Data may reorder blocks; sort by id
+    ids = [ids[i] for i in order]
+    return ids, np.concatenate(emo)[order], np.concatenate(intent)[order]
+
+
+def calibration_temperatures(cfg: ExperimentConfig, teacher_dir: Path) -> dict[str, float]:
+    """Fit one temperature per task on the validation split (the teacher's own probabilities)."""
+    if cfg.pseudo.calibrate == "none":
+        return {"emotion": 1.0, "intent": 1.0}
+    model, _, _ = checkpoint.load(teacher_dir, "cpu")
+    val = load_split(cfg.data, cfg.data.val_split)
+    probs = predict_probs(model, iter_batches(val, 64), resolve_device("cpu"))
+    return {task: fit_temperature(np.log(np.clip(probs[task], 1e-12, 1.0)), probs[f"{task}_true"])
+            for task in ("emotion", "intent")}
+
+
+def hidden_truth(cfg: ExperimentConfig, ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """True labels of the pool where the data ships them (synthetic worlds, corpus importers)."""
+    path = resolve(cfg.data.root, cfg.data.unlabeled_truth) if cfg.data.unlabeled_truth else None
+    if path is None or not path.is_file():
+        return None, None
+    truth = read_split_list(path, cfg.data.emotion_labels, cfg.data.intent_labels, "truth")
+    where = {u: i for i, u in enumerate(truth.ids)}
+    rows = np.array([where.get(u, -1) for u in ids])
+    emo = np.where(rows >= 0, truth.emotion[np.maximum(rows, 0)], -1)
+    intent = np.where(rows >= 0, truth.intent[np.maximum(rows, 0)], -1)
+    return emo, intent
+
+
+def run_pseudo_label(cfg: ExperimentConfig, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Teacher -> probabilities on the pool -> calibrated selection; writes out_dir; returns the summary."""
+    teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
+    checkpoint.load_config_from(teacher_dir)  # fails fast with a clear message if it is not a checkpoint
+    t0 = time.time()
+    packed = pack_split(cfg.data, UNLABELED, lambda msg: log.info(msg))
+    ids, emo_probs, int_probs = infer_pool(cfg, teacher_dir, packed)
+    t_infer = time.time() - t0
+    temps = calibration_temperatures(cfg, teacher_dir)
+    emo_cal, int_cal = apply_temperature(emo_probs, temps["emotion"]), apply_temperature(int_probs, temps["intent"])
+    train_labels = read_split_list(resolve(cfg.data.root, cfg.data.annotation_dir) / f"{cfg.data.train_split}_files.txt",
+                                   cfg.data.emotion_labels, cfg.data.intent_labels)
+    allowed = allowed_pairs_from(train_labels.emotion, train_labels.intent,
+                                 len(cfg.data.emotion_labels), len(cfg.data.intent_labels))
+    sel = select(emo_cal, int_cal, cfg.pseudo, cfg.data.emotion_labels, cfg.data.intent_labels, allowed)
+    true_emo, true_int = hidden_truth(cfg, ids)
+    info = summary(sel, cfg.data.emotion_labels, cfg.data.intent_labels, true_emo, true_int)
+    info.update({"temperature": temps, "rule": cfg.pseudo.rule, "threshold": cfg.pseudo.threshold,
+                 "inference_seconds": round(t_infer, 2), "rows_per_second": round(len(ids) / max(t_infer, 1e-9), 1),
+                 "packed_pool": str(packed), "teacher": str(teacher_dir)})
+    table = pa.table({
+        "id": pa.array(ids, pa.string()),
+        "emotion_probs": pa.FixedSizeListArray.from_arrays(pa.array(emo_cal.reshape(-1)), emo_cal.shape[1]),
+        "intent_probs": pa.FixedSizeListArray.from_arrays(pa.array(int_cal.reshape(-1)), int_cal.shape[1]),
+        "emotion_conf": sel.emo_conf, "intent_conf": sel.int_conf,
+        "emotion_pred": sel.emo_pred, "intent_pred": sel.int_pred,
+        "emotion": sel.emotion, "intent": sel.intent,
+        "selected": sel.selected, "weight": sel.weight,
+    })
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        pq.write_table(table, tmp / PSEUDO_FILE)
+        write_json_atomic(tmp / SUMMARY_FILE, info)
+        atomic_replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("pseudo-labels: %d of %d rows selected (emotion %d, intent %d) in %.1fs", info["n_selected"],
+             info["n_rows"], info["n_emotion_kept"], info["n_intent_kept"], t_infer)
+    return info
+
+
+def load_pseudo_rows(cfg: ExperimentConfig, pseudo_dir: str | os.PathLike) -> PackedSplit:
+    """Selected rows with their features (read from the packed pool by id) and pseudo labels."""
+    pseudo_dir = Path(pseudo_dir)
+    if not (pseudo_dir / SUMMARY_FILE).is_file():
+        raise DataError(f"{pseudo_dir}: not a complete pseudo-label output (no {SUMMARY_FILE})")
+    labels = pq.read_table(pseudo_dir / PSEUDO_FILE, columns=["id", "emotion", "intent", "selected", "weight"])
+    labels = labels.filter(pc.field("selected"))
+    packed = pack_split(cfg.data, UNLABELED)
+    columns = ["id", "emotion", "intent"] + [c for m in cfg.data.modalities for c in (m.name, f"{m.name}_len")]
+    wanted = pa.array(labels.column("id").to_pylist(), pa.string())
+    parts = [pq.read_table(f, columns=columns, filters=pc.field("id").isin(wanted)) for f in shard_files(packed)]
+    feats = pa.concat_tables(parts) if parts else None
+    if feats is None or feats.num_rows == 0:
+        return table_to_packed(pq.read_table(shard_files(packed)[0], columns=columns).slice(0, 0), cfg.data.modalities)
+    split = table_to_packed(feats, cfg.data.modalities)
+    row = {u: i for i, u in enumerate(labels.column("id").to_pylist())}
+    idx = np.array([row[u] for u in split.ids])
+    split.emotion = labels.column("emotion").to_numpy()[idx].astype(np.int64)
+    split.intent = labels.column("intent").to_numpy()[idx].astype(np.int64)
+    split.weight = labels.column("weight").to_numpy()[idx].astype(np.float32)
+    return split

@@ -1,0 +1,56 @@
+"""Starting or attaching to Ray, and budgeting its CPUs so nothing deadlocks on small machines.
+
+Local by default: a private cluster (`address="local"`) sized from config, with a bounded object
+store (Ray's default takes ~30% of RAM). With `ray.address` / `--address` / `$RAY_ADDRESS` the same
+code attaches to an existing cluster (a `ray start --head`, a `ray job submit` job, a cloud cluster).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from meiju_ray.config import RayConfig
+
+log = logging.getLogger("meiju_ray")
+
+# Environment defaults measured to matter here (docs: ray-mlflow-notes §5, §8); set before Ray starts.
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> str:
+    """Initialise Ray once per process; returns "local" or the address attached to."""
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    target = address or cfg.address or os.environ.get("RAY_ADDRESS", "")
+    if target and target != "local":
+        ray.init(address=target, log_to_driver=not quiet)
+        log.info("attached to Ray cluster at %s (%s CPUs)", target, ray.cluster_resources().get("CPU"))
+        return target
+    num_cpus = cfg.num_cpus or os.cpu_count() or 1
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=cfg.object_store_mb * 2**20,
+             include_dashboard=False, log_to_driver=not quiet)
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    log.info("started a local Ray cluster with %d CPUs", num_cpus)
+    return "local"
+
+
+def cluster_cpus() -> float:
+    import ray
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def check_cpu_budget(requested: float, what: str, leave: float = 0.25) -> None:
+    """Refuse a request that would leave Ray Data's read/write tasks no CPU (a silent deadlock)."""
+    total = cluster_cpus()
+    if requested > total - leave + 1e-9:
+        raise ValueError(f"{what} asks for {requested:g} CPUs but the Ray cluster has {total:g}; keep it below "
+                         f"{total - leave:g} so Ray Data's read/write tasks can run (they would wait forever)")
