@@ -7,6 +7,7 @@ wrong types raise `ConfigError` naming the key at load time. The resolved config
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -202,6 +203,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {_coerce(key_tp, k, key): _coerce(value_tp, v, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -218,6 +224,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -285,7 +296,7 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key 'model.{key}': must be in [0, 1)")
     if not 0.0 <= cfg.loss.label_smoothing < 1.0:
         raise ConfigError("config key 'loss.label_smoothing': must be in [0, 1)")
-    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
+    if t.epochs < 1 or t.batch_size < 1 or not (math.isfinite(t.lr) and t.lr > 0):
         raise ConfigError("config keys 'train.epochs', 'train.batch_size' must be >= 1 and 'train.lr' > 0")
     if len(t.betas) != 2:
         raise ConfigError("config key 'train.betas': expected two numbers")
@@ -301,7 +312,7 @@ def validate(cfg: ExperimentConfig) -> None:
         for label, bar in table.items():
             if label not in labels:
                 raise ConfigError(f"config key 'pseudo.class_thresholds.{task}.{label}': unknown {task} label")
-            if not isinstance(bar, (int, float)) or not 0.0 <= bar <= 1.0:
+            if not 0.0 <= bar <= 1.0:
                 raise ConfigError(f"config key 'pseudo.class_thresholds.{task}.{label}': must be a number in [0, 1]")
     if p.rounds < 1 or p.actors < 1 or p.batch_size < 1 or p.topk_per_class < 1:
         raise ConfigError("config keys 'pseudo.rounds', 'pseudo.actors', 'pseudo.batch_size', 'pseudo.topk_per_class' must be >= 1")

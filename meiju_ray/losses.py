@@ -13,7 +13,7 @@ from meiju_ray.config import LossConfig
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1 over present classes (sklearn 'balanced')."""
+    """Inverse-frequency weights n / (n_classes * count_c), as sklearn's 'balanced'; 0 for absent classes."""
     labels = labels[labels >= 0]
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)

@@ -1,0 +1,170 @@
+"""Ray Data pseudo-labelling, Ray Train DDP (incl. a killed worker) and the full pipeline with MLflow."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from meiju_ray.layout import DataError
+from meiju_ray.pipeline import run_pipeline
+from meiju_ray.pseudo_label import PSEUDO_FILE, SUMMARY_FILE, load_pseudo_rows, run_pseudo_label
+from meiju_ray.tracking import TrackingError
+from meiju_ray.training import run_train
+from tests.conftest import small_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def teacher(small_world, tmp_path_factory):
+    """A teacher trained in-process on the small world (shared by the pseudo-label tests)."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = small_config(small_world, out / "t", f"data.cache_dir={out / 'packed'}", "train.epochs=10")
+    run_train(cfg)
+    return cfg, out / "t" / "checkpoint"
+
+
+def pseudo_cfg(cfg, *overrides):
+    from meiju_ray.config import ExperimentConfig, parse_override, set_dotted
+    tree = cfg.to_dict()
+    for text in overrides:
+        set_dotted(tree, *parse_override(text))
+    return ExperimentConfig.from_dict(tree)
+
+
+def test_pseudo_labels_respect_threshold_and_are_repeatable(ray_cluster, teacher, tmp_path):
+    cfg, ckpt = teacher
+    cfg = pseudo_cfg(cfg, "pseudo.threshold=0.6", "pseudo.rule=per_task")
+    info = run_pseudo_label(cfg, ckpt, tmp_path / "a")
+    table = pq.read_table(tmp_path / "a" / PSEUDO_FILE).to_pandas()
+    assert len(table) == info["n_rows"] == 120
+    kept_emo = table["emotion"] >= 0
+    assert (table.loc[kept_emo, "emotion_conf"] >= 0.6).all()
+    assert (table.loc[~kept_emo, "emotion_conf"] < 0.6).all()
+    assert (table.loc[kept_emo, "emotion"] == table.loc[kept_emo, "emotion_pred"]).all()
+    assert info["n_selected"] > 0 and info["emotion_accuracy"] is not None  # hidden truth was found
+    summary = json.loads((tmp_path / "a" / SUMMARY_FILE).read_text())
+    assert summary["n_selected"] == int(table["selected"].sum())
+    # same inputs, 2 actors and small blocks: the same output
+    import ray.data
+    ctx = ray.data.DataContext.get_current()
+    old = ctx.target_max_block_size
+    ctx.target_max_block_size = 200_000
+    try:
+        run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=2"), ckpt, tmp_path / "b")
+    finally:
+        ctx.target_max_block_size = old
+    again = pq.read_table(tmp_path / "b" / PSEUDO_FILE).to_pandas()
+    assert again["id"].tolist() == table["id"].tolist()
+    assert again["selected"].tolist() == table["selected"].tolist()
+    np.testing.assert_allclose(np.stack(again["emotion_probs"]), np.stack(table["emotion_probs"]), atol=1e-5)
+    rows = load_pseudo_rows(cfg, tmp_path / "a")
+    assert len(rows) == info["n_selected"] and set(rows.ids) == set(table.loc[table["selected"], "id"])
+    assert (rows.emotion[rows.emotion >= 0] < 7).all()
+
+
+def test_empty_selection_is_normal(ray_cluster, teacher, tmp_path):
+    cfg, ckpt = teacher
+    info = run_pseudo_label(pseudo_cfg(cfg, "pseudo.threshold=1.0", "pseudo.calibrate=none"), ckpt, tmp_path / "p")
+    assert info["n_selected"] == 0 and info["selection_rate"] == 0
+    assert len(load_pseudo_rows(cfg, tmp_path / "p")) == 0
+
+
+def test_pseudo_label_bad_inputs(ray_cluster, teacher, tmp_path):
+    cfg, ckpt = teacher
+    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+        run_pseudo_label(cfg, tmp_path / "missing", tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    # an unlabelled pool whose visual features have the wrong D
+    world = tmp_path / "world"
+    shutil.copytree(Path(cfg.data.root), world, ignore=shutil.ignore_patterns(".meiju_packed"))
+    victim = sorted((world / "NoAnnotation" / "features" / "ResNet-50").glob("*.npy"))[3]
+    np.save(victim, np.zeros((2, 13), np.float32))
+    bad = pseudo_cfg(cfg, f"data.root={world}", f"data.cache_dir={tmp_path / 'packed'}")
+    with pytest.raises(DataError, match=f"{victim.name}.*D=13"):
+        run_pseudo_label(bad, ckpt, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    with pytest.raises(ValueError, match="keep it below"):
+        run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=4", "pseudo.cpus_per_actor=1"), ckpt, tmp_path / "p")
+
+
+def test_ddp_two_workers_learn_like_one_process(ray_cluster, small_world, tmp_path):
+    base = ("train.epochs=8", f"data.cache_dir={tmp_path / 'packed'}")
+    local = run_train(small_config(small_world, tmp_path / "local", *base))
+    ddp = run_train(small_config(small_world, tmp_path / "ddp", *base, "scaling.num_workers=2",
+                                 "scaling.cpus_per_worker=0.5"))
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert len(history) == 8 and history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert ddp["joint"] > ddp["majority_baseline"]["joint"] + 0.1
+    assert abs(ddp["joint"] - local["joint"]) < 0.12, (ddp["joint"], local["joint"])
+    assert (tmp_path / "ddp" / "checkpoint" / "model.pt").is_file()
+
+
+def test_killed_worker_is_replaced_and_training_resumes(ray_cluster, small_world, tmp_path):
+    from meiju_ray.ray_train import run_distributed
+    cfg = small_config(small_world, tmp_path / "run", "train.epochs=4", f"data.cache_dir={tmp_path / 'packed'}",
+                       "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.max_failures=1")
+    marker = tmp_path / "killed.pid"
+    metrics = run_distributed(cfg, fault={"rank": 1, "epoch": 2, "marker": str(marker)})
+    assert marker.is_file()  # the worker really was SIGKILLed once
+    assert metrics["resumed_from_epoch"] >= 1  # ... and the replacement resumed from a checkpoint
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+
+
+def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_path):
+    from mlflow import MlflowClient
+    out = tmp_path / "runs" / "pipe"
+    cfg = small_config(small_world, out, "train.epochs=6", f"data.cache_dir={tmp_path / 'packed'}",
+                       "pseudo.threshold=0.5", "tracking.experiment=pipe-test")
+    metrics = run_pipeline(cfg)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["teacher"]["joint"] > 0 and saved["student"]["joint"] > 0
+    assert saved["n_pseudo"] == metrics["n_pseudo"] > 0
+    assert saved["gain_joint"] == pytest.approx(saved["student"]["joint"] - saved["teacher"]["joint"])
+    rows = list(csv.reader((out / "submission.csv").open()))
+    n_test = len((small_world / "Annotation" / "Testing_files.txt").read_text().splitlines())
+    assert rows[0] == ["filename", "emo_pred", "int_pred"] and len(rows) == 1 + n_test
+
+    client = MlflowClient(saved["mlflow"]["tracking_uri"])
+    assert saved["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    exp = client.get_experiment_by_name("pipe-test")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    parent = saved["mlflow"]["parent_run_id"]
+    assert {"teacher", "pseudo_r1", "student_r1"} <= set(runs)
+    for name in ("teacher", "pseudo_r1", "student_r1"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == parent
+        assert runs[name].info.status == "FINISHED"
+    assert runs["teacher"].data.params["train.lr"] == "0.003"
+    assert len(client.get_metric_history(runs["student_r1"].info.run_id, "val_joint")) == 6
+    assert runs["pseudo_r1"].data.metrics["n_selected"] == saved["n_pseudo"]
+    artifacts = {a.path for a in client.list_artifacts(runs["teacher"].info.run_id)}
+    assert {"config.yaml", "confusion_emotion.png", "confusion_intent.png", "model"} <= artifacts
+    assert "summary.json" in {a.path for a in client.list_artifacts(runs["pseudo_r1"].info.run_id)}
+    assert "submission.csv" in {a.path for a in client.list_artifacts(parent)}
+    assert client.get_run(parent).data.metrics["student_joint"] == pytest.approx(saved["student"]["joint"])
+    # the logged model loads back and predicts
+    from meiju_ray import checkpoint
+    from meiju_ray.tracking import download_model
+    model_dir = download_model(f"runs:/{runs['student_r1'].info.run_id}/model", tmp_path / "dl",
+                               tracking_uri=saved["mlflow"]["tracking_uri"])
+    model, loaded_cfg, _ = checkpoint.load(model_dir)
+    assert loaded_cfg.model.hidden == cfg.model.hidden
+
+
+def test_pipeline_fails_fast_on_unreachable_tracking_server(ray_cluster, tiny_world, tmp_path):
+    cfg = small_config(tiny_world, tmp_path / "run", "tracking.uri=http://127.0.0.1:9")
+    with pytest.raises(TrackingError, match="not reachable"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_pipeline_unwritable_output_dir(ray_cluster, tiny_world, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PermissionError, match="not writable"):
+        run_pipeline(small_config(tiny_world, tmp_path / "file" / "run"))
