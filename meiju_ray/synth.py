@@ -7,9 +7,18 @@ hidden in a low-dimensional random subspace, present only in a random contiguous
 and drowned in speaker offsets and frame noise. Text carries most of the intent signal, audio most
 of the emotion signal, visual a weak bit of both.
 
-Calibration (sklearn ``LogisticRegression(C=0.05)`` on standardised masked mean+max pooled
-features of all three modalities, trained on Training, scale 1.0, seed 0, default dims; weighted
-F1): {CALIBRATION}
+Calibration, measured on the written world (scale 1.0, seed 0, default dims, label_noise 0.1):
+sklearn ``LogisticRegression(C=0.05)`` on standardised mean+max pooled features, trained on the
+(noisy) Training labels; weighted F1 on Validation (noisy labels) / Testing (true labels):
+
+    all three modalities  emotion 0.526 / 0.529   intent 0.602 / 0.662
+    mean pooling only     emotion 0.429 / 0.417   intent 0.443 / 0.524
+    A only                emotion 0.439 / 0.443   intent 0.220 / 0.265
+    V only                emotion 0.275 / 0.291   intent 0.219 / 0.249
+    L only                emotion 0.262 / 0.244   intent 0.549 / 0.600
+
+(majority class: ~0.08 emotion, ~0.09 intent). Writing the scale-1.0 world (~11k utterances,
+~3 GB) took ~20-35 s on 2 cores (disk-bound).
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from meiju_ray.labels import EMOTIONS, INTENTS
 
@@ -58,10 +68,11 @@ _COOCCURRENCE = {
     "surprise": (164, 0, 0, 3, 1, 15, 0, 63),
 }
 # Class-signal amplitude per modality (emotion, intent): audio ~ emotion, text ~ intent.
-_AMPLITUDE = {"A": (0.8, 0.45), "V": (0.45, 0.45), "L": (0.35, 1.1)}
+_AMPLITUDE = {"A": (0.8, 0.4), "V": (0.45, 0.45), "L": (0.35, 1.1)}
 _LATENT = 16  # dimension of the class subspace
-_SIGNAL = 0.5  # per-dim RMS of a unit-amplitude class signal, in frame-noise units (tuned)
-_UTT_NOISE = 0.7  # per-dim RMS of the utterance nuisance inside the class subspace
+_SIGNAL = 1.0  # per-dim RMS of a unit-amplitude class signal, in frame-noise units (tuned)
+_WIN_NOISE = 2.0  # per-dim RMS of the in-window class-irrelevant variation (subspace)
+_UTT_NOISE = 1.0  # per-dim RMS of the all-frames utterance offset inside the subspace
 _SPEAKER = 0.5  # per-utterance offset over all D dims
 _FRAME = 1.0  # per-frame Gaussian noise
 _WINDOW = (0.25, 0.6)  # fraction of frames carrying the signal
@@ -70,7 +81,7 @@ _LEN_SIGMA = 0.6  # lognormal shape of the frame-count distribution
 
 
 def joint_table() -> np.ndarray:
-    """Return the normalised joint P(emotion, intent) as a float64 ``[7, 8]`` array (EMOTIONS order)."""
+    """Return the normalised joint P(emotion, intent), float64 ``[7, 8]`` in EMOTIONS order."""
     table = np.array([_COOCCURRENCE[e] for e in EMOTIONS], dtype=np.float64)
     return table / table.sum()
 
@@ -113,9 +124,12 @@ def _utterance(rng: np.random.Generator, m: _ModalityModel, t: int, emo: int, in
     d = m.spec.dim
     if no_face:
         return np.zeros((1, d), dtype=np.float32)  # baseline writes one zero frame when no face
-    signal = ((m.emo[emo] + m.int[intent]) @ m.proj).astype(np.float32)  # [D]
-    # Class-irrelevant utterance variation inside the class subspace (over all frames): this,
-    # not frame noise, is what bounds the accuracy; plus a full-rank "speaker" offset.
+    # Class-irrelevant variation inside the class subspace, in the window only: this is what
+    # bounds the achievable accuracy (it cannot be separated from the class signal).
+    latent = m.emo[emo] + m.int[intent] + rng.normal(0.0, _WIN_NOISE / np.sqrt(m.k), m.k)
+    signal = (latent @ m.proj).astype(np.float32)  # [D]
+    # Utterance offset over all frames: subspace part (confuses mean pooling; a max-mean
+    # contrast cancels it) plus a full-rank "speaker" part.
     nuisance = rng.normal(0.0, _UTT_NOISE / np.sqrt(m.k), m.k) @ m.proj  # [D]
     offset = (m.bias + nuisance + rng.normal(0.0, _SPEAKER, d)).astype(np.float32)  # [D]
     x = rng.standard_normal((t, d), dtype=np.float32)
@@ -133,14 +147,15 @@ def _validate(out: Path, scale: float, unlabeled: int | None, label_noise: float
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     if unlabeled is not None and unlabeled < 1:
-        raise ValueError(f"unlabeled must be >= 1 (the NoAnnotation pool cannot be empty), got {unlabeled}")
+        raise ValueError(f"unlabeled must be >= 1 (NoAnnotation cannot be empty), got {unlabeled}")
     if not 0 <= label_noise < 1:
         raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
     if not modalities or len({m.name for m in modalities}) != len(modalities):
         raise ValueError("modalities must be non-empty with unique names")
     for m in modalities:
         if m.dim < 1 or not 1 <= m.min_len <= m.mean_len <= m.max_len:
-            raise ValueError(f"bad modality spec {m}: need dim >= 1 and 1 <= min_len <= mean_len <= max_len")
+            raise ValueError(f"bad modality spec {m}: need dim >= 1 and "
+                             "1 <= min_len <= mean_len <= max_len")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"refusing to write into non-empty directory {out}")
 
@@ -151,14 +166,16 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
 
 def write_world(out: str | Path, *, seed: int = 0, scale: float = 1.0, unlabeled: int | None = None,
                 modalities: Sequence[ModalitySpec] = DEFAULT_MODALITIES, label_noise: float = 0.1,
-                dtype=np.float32, progress: Callable[[str], None] | None = None) -> dict:
+                dtype: DTypeLike = np.float32,
+                progress: Callable[[str], None] | None = None) -> dict:
     """Write a synthetic MEIJU Track 1 world to ``out`` atomically.
 
     Args:
         out: Target directory; must not exist or be empty.
         seed: Seed of the single root generator; same seed gives byte-identical files.
         scale: Multiplier of the real Track 1 Mandarin split sizes (min 14 per labelled split).
-        unlabeled: Size of the NoAnnotation pool; None means ``round(DEFAULT_UNLABELED * scale)``.
+        unlabeled: Size (>= 1) of the NoAnnotation pool; None means
+            ``round(DEFAULT_UNLABELED * scale)``.
         modalities: Feature modalities to write.
         label_noise: Probability that a written Training/Validation label is resampled uniformly.
         dtype: dtype of the saved feature arrays.
@@ -175,7 +192,9 @@ def write_world(out: str | Path, *, seed: int = 0, scale: float = 1.0, unlabeled
     modalities = tuple(modalities)
     _validate(out, scale, unlabeled, label_noise, modalities)
     sizes = {split: max(round(n * scale), 14) for split, n in TRACK1_MANDARIN_SIZES.items()}
-    sizes["NoAnnotation"] = unlabeled if unlabeled is not None else max(round(DEFAULT_UNLABELED * scale), 1)
+    sizes["NoAnnotation"] = (unlabeled if unlabeled is not None
+                             else max(round(DEFAULT_UNLABELED * scale), 1))
+    dtype = np.dtype(dtype)
 
     root = np.random.default_rng(seed)
     world_rng, *split_rngs = root.spawn(1 + len(sizes))  # one child per split: order-independent
@@ -201,7 +220,8 @@ def write_world(out: str | Path, *, seed: int = 0, scale: float = 1.0, unlabeled
                        for m in modalities]
             for i, uid in enumerate(ids):
                 for j, (m, fd) in enumerate(zip(models, feat_dirs)):
-                    x = _utterance(rng, m, int(lens[j][i]), int(emo[i]), int(intent[i]), bool(no_face[j][i]))
+                    x = _utterance(rng, m, int(lens[j][i]), int(emo[i]), int(intent[i]),
+                                   bool(no_face[j][i]))  # [T, D]
                     np.save(fd / f"{uid}.npy", x if x.dtype == dtype else x.astype(dtype))
                 done += 1
                 if progress is not None and done % 1000 == 0:
@@ -209,10 +229,11 @@ def write_world(out: str | Path, *, seed: int = 0, scale: float = 1.0, unlabeled
             true_rows = [f"{u} {EMOTIONS[e]} {INTENTS[t]}" for u, e, t in zip(ids, emo, intent)]
             if split in ("Training", "Validation"):
                 # Label noise on the written labels only, independently per task.
-                w_emo = np.where(rng.random(n) < label_noise, rng.integers(0, len(EMOTIONS), n), emo)
-                w_int = np.where(rng.random(n) < label_noise, rng.integers(0, len(INTENTS), n), intent)
-                _write_lines(top / f"{split}_files.txt",
-                             [f"{u}.mp4 {EMOTIONS[e]} {INTENTS[t]}" for u, e, t in zip(ids, w_emo, w_int)])
+                flip_e, flip_i = rng.random(n) < label_noise, rng.random(n) < label_noise
+                w_emo = np.where(flip_e, rng.integers(0, len(EMOTIONS), n), emo)
+                w_int = np.where(flip_i, rng.integers(0, len(INTENTS), n), intent)
+                _write_lines(top / f"{split}_files.txt", [f"{u}.mp4 {EMOTIONS[e]} {INTENTS[t]}"
+                                                          for u, e, t in zip(ids, w_emo, w_int)])
             else:
                 name = "Testing_files.txt" if split == "Testing" else "NoAnnotation_files.txt"
                 _write_lines(top / name, [f"{u}.mp4" for u in ids])
@@ -221,7 +242,7 @@ def write_world(out: str | Path, *, seed: int = 0, scale: float = 1.0, unlabeled
         summary = {
             "seed": seed, "scale": scale, "sizes": sizes, "label_noise": label_noise,
             "modalities": [{"name": m.name, "folder": m.folder, "dim": m.dim} for m in modalities],
-            "dims": {m.name: m.dim for m in modalities}, "dtype": np.dtype(dtype).name,
+            "dims": {m.name: m.dim for m in modalities}, "dtype": dtype.name,
             "version": GENERATOR_VERSION,
         }
         (tmp / "world.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -29,7 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth_medium") / "world"
-    write_world(out, seed=1, scale=0.15, unlabeled=1, modalities=SMALL)
+    write_world(out, seed=1, scale=0.3, unlabeled=1, modalities=SMALL)
     return out
 
 
@@ -40,7 +40,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def _labelled(out: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Return ids, emotion ids, intent ids of a labelled list file (or hidden labels for Testing)."""
+    """Return ids, emotion ids, intent ids of a list file (hidden true labels for Testing)."""
     if split == "Testing":
         rows = [line.split() for line in _lines(out / "hidden" / "Testing_labels.txt")]
         ids = [r[0] for r in rows]
@@ -121,19 +121,19 @@ def test_deterministic(tmp_path: Path, world: tuple[Path, dict]) -> None:
 def test_no_face_rows_are_single_zero_frames(tmp_path: Path) -> None:
     spec = (ModalitySpec("V", "ResNet-50", 4, 2, 5, 3),)
     write_world(tmp_path / "w", seed=0, scale=0.02, unlabeled=300, modalities=spec)
-    arrays = [np.load(p) for p in (tmp_path / "w" / "NoAnnotation" / "features" / "ResNet-50").iterdir()]
+    folder = tmp_path / "w" / "NoAnnotation" / "features" / "ResNet-50"
+    arrays = [np.load(p) for p in folder.iterdir()]
     zero = [x for x in arrays if x.shape[0] == 1]  # min_len is 2, so T=1 means "no face"
     assert 0 < len(zero) < 0.05 * len(arrays)
     assert all(not x.any() for x in zero)
 
 
 def test_learnable_intent_easier(medium: Path) -> None:
-    sklearn = pytest.importorskip("sklearn")
+    pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
-    assert sklearn
     tr_ids, tr_emo, tr_int = _labelled(medium, "Training")
     # Validation (noisy written labels) + Testing (true hidden labels): more rows, steadier F1.
     va_ids, va_emo, va_int = _labelled(medium, "Validation")
@@ -193,7 +193,8 @@ def test_empty_existing_dir_ok_and_progress(tmp_path: Path) -> None:
     out.mkdir()
     messages: list[str] = []
     spec = (ModalitySpec("L", "RoBERTa", 4, 1, 3, 2),)
-    summary = write_world(out, scale=0.02, unlabeled=1000, modalities=spec, progress=messages.append)
+    summary = write_world(out, scale=0.02, unlabeled=1000, modalities=spec,
+                          progress=messages.append)
     assert summary["sizes"]["NoAnnotation"] == 1000
     assert any("1000/" in m for m in messages)
     assert (out / "world.json").is_file()
