@@ -18,8 +18,10 @@ from pathlib import Path
 from meiju_ray.config import ExperimentConfig, check_required, to_yaml
 from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
 from meiju_ray.inference import evaluate_checkpoint, predict_checkpoint
+from meiju_ray.packing import load_split
 from meiju_ray.pseudo_label import SUMMARY_FILE, load_pseudo_rows, run_pseudo_label
 from meiju_ray.ray_env import init_ray
+from meiju_ray.reference import logistic_reference
 from meiju_ray.tracking import Tracker, check_reachable, resolve_uri
 from meiju_ray.training import run_train
 
@@ -74,6 +76,11 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     t0 = time.time()
     with tracker.run(cfg.tracking.run_name or f"pipeline:{out.name}", tags={"stage": "pipeline"}) as parent_id:
         tracker.log_config(cfg)
+        log.info("[0] reference: logistic regression on mean+max pooled features")
+        reference = logistic_reference(load_split(cfg.data, cfg.data.train_split),
+                                       load_split(cfg.data, cfg.data.val_split), cfg.train.track, seed=cfg.seed)
+        tracker.log_metrics({f"reference_{k}": v for k, v in reference.items()})
+        log.info("reference: val emo %.4f int %.4f joint %.4f", reference["emo"], reference["int"], reference["joint"])
         log.info("[1] teacher: labelled data only")
         teacher = _train_stage(cfg, tracker, "teacher")
         current_ckpt = out / "teacher" / "checkpoint"
@@ -102,6 +109,7 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
             "gain_joint": student["joint"] - teacher["joint"],
             "n_pseudo": rounds[-1]["n_pseudo"] if rounds else 0,
             "rounds": rounds,
+            "reference_logistic": reference,
             "majority_baseline": teacher["majority_baseline"],
             "final_model": str(current_ckpt),
             "submission": str(submission),

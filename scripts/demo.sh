@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: set up (if needed), write a synthetic world in the
+# official MEIJU Track 1 layout (once), then run the whole pipeline on a local Ray cluster with a
+# local MLflow store: reference -> teacher -> Ray Data pseudo-labels -> student -> submission.csv.
+# Extra arguments are config overrides, e.g.:  bash scripts/demo.sh pseudo.threshold=0.9
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_DEDUP_LOGS=0
+WORLD=worlds/demo
+if [ ! -f "$WORLD/world.json" ]; then
+  meiju-ray synth "$WORLD" --seed 0 --scale 0.5 --unlabeled 2000
+fi
+meiju-ray pipeline experiments/demo.yaml "$@"
