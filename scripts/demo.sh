@@ -10,6 +10,6 @@ bash scripts/setup.sh
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_DEDUP_LOGS=0
 WORLD=worlds/demo
 if [ ! -f "$WORLD/world.json" ]; then
-  meiju-ray synth "$WORLD" --seed 0 --scale 0.5 --unlabeled 2000
+  meiju-ray synth "$WORLD" --seed 0 --scale 0.25 --unlabeled 1500
 fi
 meiju-ray pipeline experiments/demo.yaml "$@"
