@@ -82,5 +82,10 @@ def shard_rows(n: int, rank: int, world_size: int, seed: int) -> np.ndarray:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+    """Move a batch to `device`. On cuda the CPU tensors are pinned first so the host-to-device
+    copies can run asynchronously (non_blocking); on cpu nothing is pinned or copied."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: (v.pin_memory() if v.device.type == "cpu" and not v.is_pinned() else v).to(device, non_blocking=True)
+            for k, v in batch.items()}

@@ -52,6 +52,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
+def make_scaler(amp: bool, device: torch.device) -> torch.amp.GradScaler:
+    """AMP loss scaler: enabled only for amp on cuda; a disabled scaler is a pass-through."""
+    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+
 def lr_factor(epoch: int, cfg: TrainConfig) -> float:
     """LR multiplier for a 0-based epoch: constant for `constant_epochs`, then decay to ~0."""
     if cfg.schedule == "constant" or epoch < cfg.constant_epochs:
@@ -65,22 +70,33 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     loss_cfg: LossConfig, device: torch.device, grad_clip: float = 0.0,
-                    class_weights: dict[str, torch.Tensor] | None = None, amp: bool = False) -> dict[str, float]:
-    """One pass; returns the sample-weighted mean of the total loss and of each part."""
+                    class_weights: dict[str, torch.Tensor] | None = None, amp: bool = False,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass; returns the sample-weighted mean of the total loss and of each part.
+
+    Pass the same `scaler` every epoch (as `fit` does) so the AMP loss scale carries over;
+    without one a fresh scaler is made for this pass.
+    """
     model.train()
     sums: dict[str, float] = {}
     n_total = 0
     use_amp = amp and device.type == "cuda"
+    # AMP only on cuda: fp16 autocast plus a loss scaler (unscaled before clipping). On cpu the
+    # scaler is disabled, so scale/unscale_/update are no-ops and step is optimizer.step().
+    if scaler is None:
+        scaler = make_scaler(amp, device)
     for batch in batches:
         batch = to_device(batch, device)
         with torch.autocast(device.type, enabled=use_amp):
             outputs = model(batch)
             loss, parts = joint_loss(outputs, batch, loss_cfg, class_weights)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if grad_clip > 0:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         n = int(batch["weight"].shape[0])
         n_total += n
         for key, value in {"loss": float(loss.detach()), **parts}.items():
@@ -137,6 +153,7 @@ def fit(model: nn.Module, train_cfg: TrainConfig, loss_cfg: LossConfig, device: 
     """
     t0 = time.time()
     optimizer = optimizer or make_optimizer(model, train_cfg)
+    scaler = make_scaler(train_cfg.amp, device)
     result = state or FitResult(best_epoch=-1, best={"emo": 0.0, "int": 0.0, "joint": -1.0})
     if class_weights:
         class_weights = {k: v.to(device) for k, v in class_weights.items()}
@@ -145,7 +162,7 @@ def fit(model: nn.Module, train_cfg: TrainConfig, loss_cfg: LossConfig, device: 
             group["lr"] = train_cfg.lr * lr_factor(epoch, train_cfg)
         t_epoch = time.time()
         train_stats = train_one_epoch(model, train_batches(epoch), optimizer, loss_cfg, device,
-                                      train_cfg.grad_clip, class_weights, train_cfg.amp)
+                                      train_cfg.grad_clip, class_weights, train_cfg.amp, scaler)
         val = evaluate(model, val_batches(), device, train_cfg.track)
         metrics = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                    **{f"train_{k}": v for k, v in train_stats.items()},

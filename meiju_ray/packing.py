@@ -138,7 +138,9 @@ def write_shards(tables: Iterable[pa.Table], out_dir: Path, manifest: dict) -> P
     try:
         rows = 0
         for i, table in enumerate(tables):
-            pq.write_table(table, tmp / f"part-{i:05d}.parquet")
+            # float features barely compress; plain encoding reads ~2x faster than snappy + dictionary
+            pq.write_table(table, tmp / f"part-{i:05d}.parquet", compression="none", use_dictionary=False,
+                           row_group_size=256)  # readers stream 256 rows at a time, not a whole shard
             rows += table.num_rows
         manifest = {**manifest, "rows": rows, "version": PACK_VERSION}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -72,17 +72,27 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     if tracker.enabled:
         check_reachable(resolve_uri(cfg))  # fail fast, before any training
     write_text_atomic(out / "config.yaml", to_yaml(cfg))
-    init_ray(cfg.ray)
     t0 = time.time()
+    stage_seconds: dict[str, float] = {}  # where the wall time goes (metrics.json, BENCHMARKS.md end to end)
+
+    def lap(name: str, since: float) -> float:
+        now = time.time()
+        stage_seconds[name] = round(now - since, 2)
+        return now
+
+    init_ray(cfg.ray)
+    t = lap("ray_start", t0)
     with tracker.run(cfg.tracking.run_name or f"pipeline:{out.name}", tags={"stage": "pipeline"}) as parent_id:
         tracker.log_config(cfg)
         log.info("[0] reference: logistic regression on mean+max pooled features")
         reference = logistic_reference(load_split(cfg.data, cfg.data.train_split),
                                        load_split(cfg.data, cfg.data.val_split), cfg.train.track, seed=cfg.seed)
         tracker.log_metrics({f"reference_{k}": v for k, v in reference.items()})
+        t = lap("reference", t)
         log.info("reference: val emo %.4f int %.4f joint %.4f", reference["emo"], reference["int"], reference["joint"])
         log.info("[1] teacher: labelled data only")
         teacher = _train_stage(cfg, tracker, "teacher")
+        t = lap("teacher", t)
         current_ckpt = out / "teacher" / "checkpoint"
         rounds: list[dict] = []
         student = teacher
@@ -90,11 +100,14 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
             for r in range(1, cfg.pseudo.rounds + 1):
                 log.info("[2] round %d: pseudo-labelling the unlabelled pool with Ray Data", r)
                 info = _pseudo_stage(cfg, tracker, current_ckpt, f"pseudo_r{r}")
+                t = lap(f"pseudo_r{r}", t)
                 extra = load_pseudo_rows(cfg, out / f"pseudo_r{r}")
+                t = lap(f"load_pseudo_rows_r{r}", t)
                 if len(extra) == 0:
                     log.warning("round %d: no pseudo-label passed the selection; the student trains on gold labels only", r)
                 log.info("[3] round %d: student on %d pseudo-labelled rows + the labelled data", r, len(extra))
                 student = _train_stage(cfg, tracker, f"student_r{r}", extra)
+                t = lap(f"student_r{r}", t)
                 current_ckpt = out / f"student_r{r}" / "checkpoint"
                 rounds.append({"round": r, "n_pseudo": len(extra), **{k: student[k] for k in SCORES},
                                "pseudo": {k: info.get(k) for k in ("n_rows", "n_selected", "selection_rate",
@@ -103,6 +116,7 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
                                                                      "temperature")}})
         log.info("[4] predicting %s with %s", cfg.data.test_split, current_ckpt.parent.name)
         submission = predict_checkpoint(current_ckpt, out / "submission.csv", split=cfg.data.test_split)
+        lap("predict", t)
         metrics = {
             "teacher": {k: teacher[k] for k in SCORES},
             "student": {k: student[k] for k in SCORES},
@@ -115,6 +129,7 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
             "submission": str(submission),
             "mlflow": {"tracking_uri": tracker.uri, "experiment": cfg.tracking.experiment, "parent_run_id": parent_id},
             "seconds": round(time.time() - t0, 1),
+            "stage_seconds": stage_seconds,
         }
         write_json_atomic(out / "metrics.json", metrics)
         tracker.log_metrics({f"teacher_{k}": teacher[k] for k in SCORES} | {f"student_{k}": student[k] for k in SCORES}

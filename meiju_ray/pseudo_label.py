@@ -1,6 +1,7 @@
 """Pseudo-labelling the unlabelled pool with Ray Data: teacher inference over an actor pool.
 
-    packed NoAnnotation shards --read_parquet--> map_batches(TeacherPredictor, actor pool) --> probs
+    packed NoAnnotation shard paths --from_items--> map_batches(TeacherPredictor, actor pool: each actor
+        reads its shard with pyarrow and runs the teacher) --> ids + probs
     probs --calibrate (temperature fit on Validation)--> selection rule --> pseudo_labels.parquet + summary.json
 
 Actors load the teacher checkpoint once. Only ids and probabilities come back to the driver
@@ -34,43 +35,87 @@ from meiju_ray.selection import allowed_pairs_from, apply_temperature, fit_tempe
 
 log = logging.getLogger("meiju_ray")
 PSEUDO_FILE, SUMMARY_FILE = "pseudo_labels.parquet", "summary.json"
-
-
 class TeacherPredictor:
-    """Ray Data callable class: one model load per actor; a pyarrow batch in, probabilities out."""
+    """Ray Data callable class: one model load per actor; shard paths in, probabilities out.
 
-    def __init__(self, checkpoint_dir: str, device: str = "cpu", threads: int = 1):
+    The actor reads its shard itself (pyarrow, `batch_size` rows at a time) instead of receiving
+    the features as Ray Data blocks: a Track 1 row is ~280 KB of frames, so shipping blocks through
+    the object store (and Ray Data's serial read tasks) cost more than the inference. Only ids and
+    probabilities travel. The shards must be readable from every node (shared disk or the cache_dir
+    on a shared mount), as for any Parquet input of a Ray cluster.
+    """
+
+    def __init__(self, checkpoint_dir: str, columns: list[str], device: str = "cpu", threads: int = 1,
+                 batch_size: int = 256):
         set_threads(threads)
         self.device = resolve_device(device)
         self.model, self.cfg, _ = checkpoint.load(checkpoint_dir, self.device)
+        self.columns, self.batch_size = columns, batch_size
 
-    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+    def predict_table(self, table: pa.Table) -> dict[str, np.ndarray]:
         split = table_to_packed(table, self.cfg.data.modalities)
         probs = predict_probs(self.model, iter_batches(split, 64), self.device)  # length-bucketed, row order kept
         return {"id": np.asarray(split.ids, dtype=object),
                 "emotion_probs": probs["emotion"].astype(np.float32),
                 "intent_probs": probs["intent"].astype(np.float32)}
 
+    def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = []
+        for path, limit in zip(items["path"], items["rows"]):
+            left = int(limit)
+            for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=self.batch_size, columns=self.columns):
+                if left == 0:
+                    break
+                table = pa.Table.from_batches([batch])
+                if 0 < left < table.num_rows:
+                    table = table.slice(0, left)
+                left -= table.num_rows if left > 0 else 0
+                parts.append(self.predict_table(table))
+        if not parts:
+            return {"id": np.array([], dtype=object), "emotion_probs": np.zeros((0, 0), np.float32),
+                    "intent_probs": np.zeros((0, 0), np.float32)}
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+
+def shard_plan(files: list[Path], max_rows: int = 0) -> list[dict]:
+    """One work item per shard: {"path", "rows"} with rows = -1 (all) or a cap so the total is max_rows."""
+    items, budget = [], max_rows
+    for f in files:
+        if max_rows:
+            if budget <= 0:
+                break
+            n = pq.ParquetFile(f).metadata.num_rows
+            items.append({"path": str(f), "rows": min(n, budget)})
+            budget -= n
+        else:
+            items.append({"path": str(f), "rows": -1})
+    return items
+
 
 def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Run the teacher over every packed unlabelled row with a Ray Data actor pool."""
+    """Run the teacher over every packed unlabelled row with a Ray Data actor pool (one shard per call)."""
     import ray.data
 
     p = cfg.pseudo
     check_cpu_budget(p.actors * p.cpus_per_actor, f"pseudo.actors={p.actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}")
     columns = ["id"] + [c for m in cfg.data.modalities for c in (m.name, f"{m.name}_len")]
-    ds = ray.data.read_parquet([str(f) for f in shard_files(packed_dir)]).select_columns(columns)
-    if p.max_rows:
-        ds = ds.limit(p.max_rows)
+    items = shard_plan(shard_files(packed_dir), p.max_rows)
+    if not items:
+        raise DataError(f"the unlabelled pool at {packed_dir} has no shards")
+    # one block per shard, so the actor pool shares the shards out (no ListFiles / read tasks)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     device = "cuda" if p.gpus_per_actor > 0 else "cpu"
     threads = max(1, int(p.cpus_per_actor)) if p.cpus_per_actor >= 1 else 1
-    out = ds.map_batches(TeacherPredictor, batch_size=p.batch_size, batch_format="pyarrow",
-                         fn_constructor_kwargs={"checkpoint_dir": str(teacher_dir), "device": device, "threads": threads},
+    out = ds.map_batches(TeacherPredictor, batch_size=1, batch_format="numpy",
+                         fn_constructor_kwargs={"checkpoint_dir": str(teacher_dir), "columns": columns,
+                                                "device": device, "threads": threads, "batch_size": p.batch_size},
                          compute=ray.data.ActorPoolStrategy(size=p.actors),
                          num_cpus=p.cpus_per_actor, num_gpus=p.gpus_per_actor or None)
     ids: list[str] = []
     emo, intent = [], []
-    for batch in out.iter_batches(batch_size=4096, batch_format="numpy"):
+    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        if len(batch["id"]) == 0:
+            continue
         ids.extend(str(x) for x in batch["id"])
         emo.append(np.asarray(batch["emotion_probs"], dtype=np.float32))
         intent.append(np.asarray(batch["intent_probs"], dtype=np.float32))

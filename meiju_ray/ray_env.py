@@ -48,8 +48,12 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def check_cpu_budget(requested: float, what: str, leave: float = 0.25) -> None:
-    """Refuse a request that would leave Ray Data's read/write tasks no CPU (a silent deadlock)."""
+def check_cpu_budget(requested: float, what: str, leave: float = 1.0) -> None:
+    """Refuse a request that would leave Ray Data's read/write tasks no CPU (a silent deadlock).
+
+    Ray Data 2.60 starts every file read with a ListFiles task that asks for one whole CPU (its
+    resources cannot be set), after the actor pool has taken its share: an actor pool holding more
+    than cluster CPUs - 1 (e.g. 2 actors x 0.75 on 2 cores) hangs forever without an error."""
     total = cluster_cpus()
     if requested > total - leave + 1e-9:
         raise ValueError(f"{what} asks for {requested:g} CPUs but the Ray cluster has {total:g}; keep it below "

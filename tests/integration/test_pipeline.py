@@ -50,15 +50,9 @@ def test_pseudo_labels_respect_threshold_and_are_repeatable(ray_cluster, teacher
     assert info["n_selected"] > 0 and info["emotion_accuracy"] is not None  # hidden truth was found
     summary = json.loads((tmp_path / "a" / SUMMARY_FILE).read_text())
     assert summary["n_selected"] == int(table["selected"].sum())
-    # same inputs, 2 actors and small blocks: the same output
-    import ray.data
-    ctx = ray.data.DataContext.get_current()
-    old = ctx.target_max_block_size
-    ctx.target_max_block_size = 200_000
-    try:
-        run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=2"), ckpt, tmp_path / "b")
-    finally:
-        ctx.target_max_block_size = old
+    # same inputs, 2 actors sharing 4 smaller shards, smaller inference batches: the same output
+    run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=2", "data.shard_rows=32", "pseudo.batch_size=16"), ckpt,
+                     tmp_path / "b")
     again = pq.read_table(tmp_path / "b" / PSEUDO_FILE).to_pandas()
     assert again["id"].tolist() == table["id"].tolist()
     assert again["selected"].tolist() == table["selected"].tolist()
@@ -66,6 +60,14 @@ def test_pseudo_labels_respect_threshold_and_are_repeatable(ray_cluster, teacher
     rows = load_pseudo_rows(cfg, tmp_path / "a")
     assert len(rows) == info["n_selected"] and set(rows.ids) == set(table.loc[table["selected"], "id"])
     assert (rows.emotion[rows.emotion >= 0] < 7).all()
+
+
+def test_max_rows_caps_the_pool_across_shards(ray_cluster, teacher, tmp_path):
+    cfg, ckpt = teacher
+    info = run_pseudo_label(pseudo_cfg(cfg, "pseudo.max_rows=50", "data.shard_rows=32", "pseudo.threshold=0.6"),
+                            ckpt, tmp_path / "p")
+    table = pq.read_table(tmp_path / "p" / PSEUDO_FILE)
+    assert info["n_rows"] == table.num_rows == 50 and len(set(table.column("id").to_pylist())) == 50
 
 
 def test_empty_selection_is_normal(ray_cluster, teacher, tmp_path):
@@ -91,6 +93,9 @@ def test_pseudo_label_bad_inputs(ray_cluster, teacher, tmp_path):
     assert not (tmp_path / "p").exists()
     with pytest.raises(ValueError, match="keep it below"):
         run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=4", "pseudo.cpus_per_actor=1"), ckpt, tmp_path / "p")
+    # 2 x 0.75 of 2 CPUs would leave Ray Data's 1-CPU ListFiles task unschedulable: a silent hang
+    with pytest.raises(ValueError, match="keep it below"):
+        run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=2", "pseudo.cpus_per_actor=0.75"), ckpt, tmp_path / "p")
 
 
 def test_ddp_two_workers_learn_like_one_process(ray_cluster, small_world, tmp_path):
