@@ -34,6 +34,9 @@ def machine() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, timeout=10).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit += " + local changes" if dirty else ""
     except OSError:
         commit = "?"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
