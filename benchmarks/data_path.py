@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.common import BENCH_ROOT, config, md_table, timed, world
 
-TITLE = "Data path: packed shards vs per-file .npy loading"
+TITLE = "3. Data path: packed shards vs per-file .npy loading"
 BATCH = 32
 TARGET_SPEEDUP = 10.0
 TARGET_FRACTION = 0.05
