@@ -56,7 +56,7 @@ class DataConfig:
     modalities: list[ModalityConfig] = field(default_factory=lambda: [dataclasses.replace(m) for m in DEFAULT_MODALITIES])
     emotion_labels: list[str] = field(default_factory=lambda: list(EMOTIONS))
     intent_labels: list[str] = field(default_factory=lambda: list(INTENTS))
-    shard_rows: int = 1024                            # rows per packed Parquet shard
+    shard_rows: int = 1024                            # rows per packed Parquet shard (= one pseudo-label work item)
 
 
 @dataclass
@@ -131,7 +131,7 @@ class PseudoLabelConfig:
     rounds: int = 1                  # teacher -> student -> student becomes the next teacher
     max_rows: int = 0                # use at most this many unlabelled rows (0 = all)
     actors: int = 1                  # Ray Data inference actors
-    cpus_per_actor: float = 0.5      # < cluster CPUs, or Ray Data's read/write tasks starve
+    cpus_per_actor: float = 0.5      # actors x this <= cluster CPUs - 1 (Ray Data's ListFiles needs 1 CPU)
     gpus_per_actor: float = 0.0
     batch_size: int = 256
 
