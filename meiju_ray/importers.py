@@ -109,13 +109,17 @@ def read_xdailydialog(source: str | Path | None, lang: str) -> ReadResult:
         raise ValueError(f"{d}: text/emotion/action files are not line-aligned ({len(texts)}/{len(emos)}/{len(acts)})")
     out = ReadResult([])
     for i, (t, e, a) in enumerate(zip(texts, emos, acts)):
-        utts, emo, act = _split_eou(t), _ints(e), _ints(a)
-        if not utts or not len(utts) == len(emo) == len(act):
-            out.dropped += 1
-            out.dropped_lines.append(i + 1)
-            continue
-        out.dialogues.append(_xdd_dialogue(f"xdd-{lang}_d{i:05d}", utts, emo, act))
+        _add_or_drop(out, i + 1, f"xdd-{lang}_d{i:05d}", _split_eou(t), _ints(e), _ints(a))
     return out
+
+
+def _add_or_drop(out: ReadResult, line: int, dialogue_id: str, utts: list[str], emo: list[int], act: list[int]) -> None:
+    """Keep a dialogue whose label counts match its utterances; count and remember the line of any other."""
+    if not utts or not len(utts) == len(emo) == len(act):
+        out.dropped += 1
+        out.dropped_lines.append(line)
+        return
+    out.dialogues.append(_xdd_dialogue(dialogue_id, utts, emo, act))
 
 
 def read_xdd_human(path: str | Path, tag: str = "user") -> ReadResult:
@@ -132,12 +136,7 @@ def read_xdd_human(path: str | Path, tag: str = "user") -> ReadResult:
         if len(fields) != 4:
             raise ValueError(f"{path}:{i + 1}: expected 4 tab-separated fields (text, topic, acts, emotions), "
                              f"got {len(fields)}")
-        utts, act, emo = _split_eou(fields[0]), _ints(fields[2]), _ints(fields[3])
-        if not utts or not len(utts) == len(emo) == len(act):
-            out.dropped += 1
-            out.dropped_lines.append(i + 1)
-            continue
-        out.dialogues.append(_xdd_dialogue(f"{tag}-{stem}_d{i:05d}", utts, emo, act))
+        _add_or_drop(out, i + 1, f"{tag}-{stem}_d{i:05d}", _split_eou(fields[0]), _ints(fields[3]), _ints(fields[2]))
     return out
 
 
