@@ -85,23 +85,13 @@ def teacher(dims: str, base: Path):
 
 
 def plain_loop(cfg, checkpoint_dir: Path, pool: Path, batch_size: int) -> int:
-    """The single-process reference: shard by shard, the same predict_probs the actors run."""
-    import pyarrow.parquet as pq
-
-    from meiju_ray import checkpoint
-    from meiju_ray.batching import iter_batches
-    from meiju_ray.engine import predict_probs, resolve_device
-    from meiju_ray.packing import shard_files, table_to_packed
-    model, _, _ = checkpoint.load(checkpoint_dir, "cpu")
+    """The single-process reference: the actors' own per-shard code (`TeacherPredictor`), without Ray."""
+    from meiju_ray.packing import shard_files
+    from meiju_ray.pseudo_label import TeacherPredictor, shard_plan
     columns = ["id"] + [c for m in cfg.data.modalities for c in (m.name, f"{m.name}_len")]
-    n = 0
-    for f in shard_files(pool):
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
-            import pyarrow as pa
-            split = table_to_packed(pa.Table.from_batches([batch]), cfg.data.modalities)
-            probs = predict_probs(model, iter_batches(split, 64), resolve_device("cpu"))
-            n += len(probs["emotion"])
-    return n
+    predictor = TeacherPredictor(str(checkpoint_dir), columns, "cpu", 1, batch_size)
+    return sum(len(predictor({"path": [item["path"]], "rows": [item["rows"]]})["id"])
+               for item in shard_plan(shard_files(pool)))
 
 
 def run(args: argparse.Namespace) -> str:

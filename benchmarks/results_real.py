@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, preset_overrides
+
 DATASETS = {"xdd_zh": "XDailyDialog (Mandarin text)", "xdd_en": "XDailyDialog (English text)",
             "meld": "MELD (English, emotion only)"}
 RULES = {  # name -> pseudo.* overrides; per_task_0.99 is the pipeline's own student
@@ -43,12 +44,7 @@ log = logging.getLogger("meiju_ray")
 
 
 def baseline_overrides() -> list[str]:
-    tree = yaml.safe_load((REPO / "experiments" / "baseline.yaml").read_text())
-    out = []
-    for section in ("model", "loss", "train"):
-        for key, value in tree.get(section, {}).items():
-            out.append(f"{section}.{key}={json.dumps(value)}")
-    return out
+    return preset_overrides("baseline")
 
 
 def _cfg(dataset: str, seed: int, out: Path, *extra: str):
