@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from meiju_ray.batching import batch_order, collate, iter_batches
+from meiju_ray.batching import BufferPool, batch_order, collate, iter_batches
 from meiju_ray.config import DataConfig, ModalityConfig
 from meiju_ray.labels import EMOTIONS, INTENTS
 from meiju_ray.layout import DataError, load_feature, read_split_list, unlabeled_list
@@ -176,6 +176,23 @@ def test_collate_pads_with_zeros_and_masks(tiny_world, tmp_path):
         assert (batch[m][~batch[f"{m}_mask"]] == 0).all()
         torch.testing.assert_close(batch[m][1, :lens[1]], torch.from_numpy(split.frames(m, 3)))
     assert batch["index"].tolist() == [0, 3, 5] and batch["weight"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_recycled_buffers_never_overwrite_a_batch_still_held(tiny_world, tmp_path):
+    split = load_split(data_cfg(tiny_world, tmp_path / "cache"), "Training")
+    order = batch_order(split, 4, True, np.random.default_rng(0), True)
+    held = [b for b in iter_batches(split, 4, shuffle=True, seed=0)]  # every batch kept alive at once
+    for rows, batch in zip(order, held):  # none was overwritten by a later one; same values as unpooled
+        fresh = collate(split, rows)
+        for key in fresh:
+            torch.testing.assert_close(batch[key], fresh[key])
+    pool, reused = BufferPool(), 0
+    for rows in order:  # batches dropped at once: the pool hands the same memory back
+        a = collate(split, rows, pool)["A"]
+        ptr = a.data_ptr()
+        del a
+        reused += collate(split, rows, pool)["A"].data_ptr() == ptr
+    assert reused == len(order)
 
 
 @pytest.mark.parametrize("bucket", [True, False])
