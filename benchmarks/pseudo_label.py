@@ -7,6 +7,8 @@ the same dims, and the same teacher labels the pool three ways:
   plain   one process: read each shard with pyarrow, `predict_probs` (what a script would do)
   ray-1   `pseudo_label.infer_pool` with pseudo.actors=1 (Ray Data read_parquet -> map_batches actor pool)
   ray-2   the same with pseudo.actors=2
+  auto    what the product does by default (`pseudo_label.inference_engine`): in-process below
+          pseudo.in_process_below rows on a private local Ray, else Ray Data with the experiment's actors
 Peak memory is the summed PSS of this process and all its descendant processes (the local Ray cluster), sampled every 0.2 s.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--dims", choices=list(DIMS), nargs="+", default=["track1", "small"],
                    help="one per --rows entry (the last one repeats): track1 needs ~2.8 GB of disk per 10k rows")
-    p.add_argument("--modes", nargs="+", default=["plain", "ray-1", "ray-2"])
+    p.add_argument("--modes", nargs="+", default=["plain", "ray-1", "ray-2", "auto"])
     p.add_argument("--batch-size", type=int, default=256, help="pseudo.batch_size (rows per inference call)")
     p.add_argument("--shard-rows", type=int, default=1024, help="rows per Parquet shard (data.shard_rows)")
 
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> str:
     import ray
     import torch
 
-    from meiju_ray.pseudo_label import infer_pool
+    from meiju_ray.pseudo_label import infer_pool, inference_engine
     from meiju_ray.ray_env import init_ray
 
     base = BENCH_ROOT / "pseudo_label"
@@ -120,18 +122,22 @@ def run(args: argparse.Namespace) -> str:
                     seconds = time.perf_counter() - t0
                 startup = 0.0
             else:
-                actors = int(mode.split("-")[1])
+                actors = cfg.pseudo.actors if mode == "auto" else int(mode.split("-")[1])
                 c = dataclasses.replace(cfg, pseudo=dataclasses.replace(
                     cfg.pseudo, actors=actors, cpus_per_actor=0.5, batch_size=args.batch_size))
+                engine = inference_engine(c, rows) if mode == "auto" else "ray_data"
                 t0 = time.perf_counter()
-                init_ray(c.ray)
+                if engine == "ray_data":
+                    init_ray(c.ray)
                 startup = time.perf_counter() - t0
                 with PeakMemory() as mem:
                     t0 = time.perf_counter()
-                    ids, _, _ = infer_pool(c, ckpt, pool)
+                    ids, _, _ = infer_pool(c, ckpt, pool, engine)
                     seconds = time.perf_counter() - t0
                 n = len(ids)
                 ray.shutdown()
+                if mode == "auto":
+                    mode = f"auto: {engine}" + (f", {actors} actors" if engine == "ray_data" else "")
             assert n == rows, (mode, n, rows)
             rows_out.append([f"{rows:,}", dims, f"{gb:.1f}", mode, round(seconds, 1), round(rows / seconds),
                              round(startup, 1), mem.peak_gb])
@@ -155,6 +161,10 @@ def verdicts(rows_out: list[list]) -> str:
             speedup = r2[5] / r1[5]
             lines.append(f"- {size} rows: Ray 2 actors / 1 actor = {speedup:.2f}x (target >= 1.5x: "
                          f"{'PASS' if speedup >= 1.5 else 'FAIL'})")
+        auto = next((r for r in rows_out if r[0] == size and r[3].startswith("auto")), None)
+        if plain and auto:
+            lines.append(f"- {size} rows: the product's default ({auto[3]}) takes {plain[5] / auto[5]:.2f}x the plain "
+                         "loop's time")
     mems = {r[0]: r[7] for r in rows_out if r[3] == "ray-1"}
     if len(mems) >= 2:
         sizes = list(mems)

@@ -76,12 +76,10 @@ def _address(args: argparse.Namespace, cfg) -> None:
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from meiju_ray.pseudo_label import run_pseudo_label
-    from meiju_ray.ray_env import init_ray
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
     teacher = Path(args.checkpoint or Path(cfg.output_dir) / "checkpoint")
     out = Path(args.out or Path(cfg.output_dir) / "pseudo_labels")
-    init_ray(cfg.ray)
     info = run_pseudo_label(cfg, teacher, out)
     print(json.dumps({k: info[k] for k in ("n_rows", "n_selected", "selection_rate", "n_emotion_kept",
                                            "n_intent_kept")} | {"out": str(out)}))
@@ -258,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster for scaling.num_workers >= 1 (default: $RAY_ADDRESS or local)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pseudo-label", help="teacher inference on the unlabelled pool with Ray Data + selection")
+    p = sub.add_parser("pseudo-label", help="teacher inference on the unlabelled pool (Ray Data; in-process "
+                       "below pseudo.in_process_below rows on a local Ray) + selection")
     _experiment_args(p)
     p.add_argument("--checkpoint", default=None, help="teacher checkpoint (default <output_dir>/checkpoint)")
     p.add_argument("--out", default=None, help="output directory (default <output_dir>/pseudo_labels)")

@@ -132,6 +132,10 @@ class PseudoLabelConfig:
     max_rows: int = 0                # use at most this many unlabelled rows (0 = all)
     actors: int = 1                  # Ray Data inference actors
     cpus_per_actor: float = 0.5      # actors x this <= cluster CPUs - 1 (Ray Data's ListFiles needs 1 CPU)
+    in_process_below: int = 20000    # on a private local Ray, pools with fewer rows are labelled in this
+    #   process by the same per-shard code: Ray Data's actor start-up (~5 s on 2 cores) costs more than
+    #   it saves below ~10-20k Track 1 rows (BENCHMARKS.md §4). 0 = always Ray Data; an attached
+    #   cluster (ray.address / $RAY_ADDRESS) always uses Ray Data
     gpus_per_actor: float = 0.0
     batch_size: int = 256
 
@@ -353,6 +357,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config keys 'pseudo.rounds', 'pseudo.actors', 'pseudo.batch_size', 'pseudo.topk_per_class' must be >= 1")
     if p.weight <= 0:
         raise ConfigError("config key 'pseudo.weight': must be > 0")
+    if p.in_process_below < 0:
+        raise ConfigError("config key 'pseudo.in_process_below': must be >= 0 (0 = always Ray Data)")
     validate_tune(cfg.tune)
 
 

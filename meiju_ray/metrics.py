@@ -6,7 +6,9 @@ Track 1: weighted F1 per task; Track 2: micro F1 (= accuracy). Joint (JRBM) = ha
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
+
+# sklearn.metrics is imported inside the functions: it takes ~1.3 s to import, and every process that
+# loads a model (each Ray Data pseudo-labelling actor, each Ray worker) imports this module.
 
 EPS = 1e-6
 
@@ -16,6 +18,7 @@ def task_f1(y_true: np.ndarray, y_pred: np.ndarray, track: int = 1) -> float:
     keep = y_true >= 0
     if not keep.any():
         return float("nan")
+    from sklearn.metrics import f1_score
     average = "weighted" if track == 1 else "micro"
     return float(f1_score(y_true[keep], y_pred[keep], average=average, zero_division=0))
 
@@ -41,6 +44,7 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     keep = y_true >= 0
     if not keep.any():  # a task with no labels (e.g. MELD intent): sklearn refuses empty input
         return np.zeros((n_classes, n_classes), dtype=np.int64)
+    from sklearn.metrics import confusion_matrix
     return confusion_matrix(y_true[keep], y_pred[keep], labels=list(range(n_classes)))
 
 

@@ -20,7 +20,6 @@ from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_
 from meiju_ray.inference import evaluate_checkpoint, predict_checkpoint
 from meiju_ray.packing import load_split
 from meiju_ray.pseudo_label import SUMMARY_FILE, load_pseudo_rows, run_pseudo_label
-from meiju_ray.ray_env import init_ray
 from meiju_ray.reference import logistic_reference
 from meiju_ray.tracking import Tracker, check_reachable, resolve_uri
 from meiju_ray.training import run_train
@@ -80,8 +79,9 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
         stage_seconds[name] = round(now - since, 2)
         return now
 
-    init_ray(cfg.ray)
-    t = lap("ray_start", t0)
+    # Ray starts on first use (Ray Train workers, Ray Data pseudo-labelling), not up front: a local run
+    # that needs neither (scaling.num_workers=0, a pool below pseudo.in_process_below) never pays for it
+    t = t0
     with tracker.run(cfg.tracking.run_name or f"pipeline:{out.name}", tags={"stage": "pipeline"}) as parent_id:
         tracker.log_config(cfg)
         log.info("[0] reference: logistic regression on mean+max pooled features")

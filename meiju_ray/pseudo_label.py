@@ -30,7 +30,7 @@ from meiju_ray.engine import predict_probs, resolve_device, set_threads
 from meiju_ray.fileio import write_json_atomic
 from meiju_ray.layout import UNLABELED, DataError, read_split_list, resolve
 from meiju_ray.packing import PackedSplit, load_split, pack_split, shard_files, table_to_packed
-from meiju_ray.ray_env import check_cpu_budget
+from meiju_ray.ray_env import check_cpu_budget, init_ray
 from meiju_ray.selection import allowed_pairs_from, apply_temperature, fit_temperature, select, summary
 
 log = logging.getLogger("meiju_ray")
@@ -92,28 +92,37 @@ def shard_plan(files: list[Path], max_rows: int = 0) -> list[dict]:
     return items
 
 
-def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Run the teacher over every packed unlabelled row with a Ray Data actor pool (one shard per call)."""
-    import ray.data
+def pool_columns(cfg: ExperimentConfig) -> list[str]:
+    return ["id"] + [c for m in cfg.data.modalities for c in (m.name, f"{m.name}_len")]
 
-    p = cfg.pseudo
-    check_cpu_budget(p.actors * p.cpus_per_actor, f"pseudo.actors={p.actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}")
-    columns = ["id"] + [c for m in cfg.data.modalities for c in (m.name, f"{m.name}_len")]
-    items = shard_plan(shard_files(packed_dir), p.max_rows)
+
+def pool_plan(cfg: ExperimentConfig, packed_dir: Path) -> list[dict]:
+    """Work items with their row counts filled in (Parquet footers only)."""
+    items = shard_plan(shard_files(packed_dir), cfg.pseudo.max_rows)
     if not items:
         raise DataError(f"the unlabelled pool at {packed_dir} has no shards")
-    # one block per shard, so the actor pool shares the shards out (no ListFiles / read tasks)
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    device = "cuda" if p.gpus_per_actor > 0 else "cpu"
-    threads = max(1, int(p.cpus_per_actor)) if p.cpus_per_actor >= 1 else 1
-    out = ds.map_batches(TeacherPredictor, batch_size=1, batch_format="numpy",
-                         fn_constructor_kwargs={"checkpoint_dir": str(teacher_dir), "columns": columns,
-                                                "device": device, "threads": threads, "batch_size": p.batch_size},
-                         compute=ray.data.ActorPoolStrategy(size=p.actors),
-                         num_cpus=p.cpus_per_actor, num_gpus=p.gpus_per_actor or None)
+    for item in items:
+        if item["rows"] < 0:
+            item["rows"] = pq.ParquetFile(item["path"]).metadata.num_rows
+    return items
+
+
+def choose_engine(n_rows: int, in_process_below: int, attached: bool) -> str:
+    """'in_process' for a pool below `in_process_below` rows when Ray would be a private local cluster,
+    else 'ray_data'. The actor pool's fixed start-up (a worker process importing Ray Data and torch,
+    then loading the teacher: ~5 s on 2 cores, BENCHMARKS.md §4) outweighs its parallelism on small pools."""
+    return "in_process" if 0 < in_process_below and n_rows < in_process_below and not attached else "ray_data"
+
+
+def inference_engine(cfg: ExperimentConfig, n_rows: int) -> str:
+    from meiju_ray.ray_env import attached_to_cluster
+    return choose_engine(n_rows, cfg.pseudo.in_process_below, attached_to_cluster(cfg.ray))
+
+
+def _collect(batches, packed_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     ids: list[str] = []
     emo, intent = [], []
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in batches:
         if len(batch["id"]) == 0:
             continue
         ids.extend(str(x) for x in batch["id"])
@@ -124,6 +133,34 @@ def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path) -> tu
     order = np.argsort(np.asarray(ids), kind="stable")  # Ray Data may reorder blocks; sort by id
     ids = [ids[i] for i in order]
     return ids, np.concatenate(emo)[order], np.concatenate(intent)[order]
+
+
+def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path,
+               engine: str = "ray_data") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Run the teacher over every packed unlabelled row: ids (sorted) and emotion/intent probabilities.
+
+    engine="ray_data": a Ray Data actor pool, one shard per call (Ray must be initialised);
+    engine="in_process": the same `TeacherPredictor` over the same work items in this process."""
+    p = cfg.pseudo
+    items = pool_plan(cfg, packed_dir)
+    kwargs = {"checkpoint_dir": str(teacher_dir), "columns": pool_columns(cfg), "batch_size": p.batch_size}
+    if engine == "in_process":
+        predictor = TeacherPredictor(device=cfg.train.device, threads=cfg.train.num_threads, **kwargs)
+        return _collect((predictor({"path": [it["path"]], "rows": [it["rows"]]}) for it in items), packed_dir)
+    if engine != "ray_data":
+        raise ValueError(f"unknown inference engine {engine!r} (in_process | ray_data)")
+    import ray.data
+
+    check_cpu_budget(p.actors * p.cpus_per_actor, f"pseudo.actors={p.actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}")
+    # one block per shard, so the actor pool shares the shards out (no ListFiles / read tasks)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    device = "cuda" if p.gpus_per_actor > 0 else "cpu"
+    threads = max(1, int(p.cpus_per_actor)) if p.cpus_per_actor >= 1 else 1
+    out = ds.map_batches(TeacherPredictor, batch_size=1, batch_format="numpy",
+                         fn_constructor_kwargs={**kwargs, "device": device, "threads": threads},
+                         compute=ray.data.ActorPoolStrategy(size=p.actors),
+                         num_cpus=p.cpus_per_actor, num_gpus=p.gpus_per_actor or None)
+    return _collect(out.iter_batches(batch_size=None, batch_format="numpy"), packed_dir)
 
 
 def calibration_temperatures(cfg: ExperimentConfig, teacher_dir: Path) -> dict[str, float]:
@@ -156,7 +193,16 @@ def run_pseudo_label(cfg: ExperimentConfig, teacher_dir: str | os.PathLike, out_
     checkpoint.load_config_from(teacher_dir)  # fails fast with a clear message if it is not a checkpoint
     t0 = time.time()
     packed = pack_split(cfg.data, UNLABELED, lambda msg: log.info(msg))
-    ids, emo_probs, int_probs = infer_pool(cfg, teacher_dir, packed)
+    n_rows = sum(item["rows"] for item in pool_plan(cfg, packed))
+    engine = inference_engine(cfg, n_rows)
+    if engine == "in_process":
+        log.info("pseudo-labelling %d rows in this process (fewer than pseudo.in_process_below=%d on a local "
+                 "Ray: the actor pool's start-up would cost more than it saves; 0 = always Ray Data)",
+                 n_rows, cfg.pseudo.in_process_below)
+    else:
+        init_ray(cfg.ray)
+        log.info("pseudo-labelling %d rows with Ray Data (%d actor(s))", n_rows, cfg.pseudo.actors)
+    ids, emo_probs, int_probs = infer_pool(cfg, teacher_dir, packed, engine)
     t_infer = time.time() - t0
     temps = calibration_temperatures(cfg, teacher_dir)
     emo_cal, int_cal = apply_temperature(emo_probs, temps["emotion"]), apply_temperature(int_probs, temps["intent"])
@@ -168,7 +214,7 @@ def run_pseudo_label(cfg: ExperimentConfig, teacher_dir: str | os.PathLike, out_
     true_emo, true_int = hidden_truth(cfg, ids)
     info = summary(sel, cfg.data.emotion_labels, cfg.data.intent_labels, true_emo, true_int)
     info.update({"temperature": temps, "rule": cfg.pseudo.rule, "threshold": cfg.pseudo.threshold,
-                 "inference_seconds": round(t_infer, 2), "rows_per_second": round(len(ids) / max(t_infer, 1e-9), 1),
+                 "engine": engine, "inference_seconds": round(t_infer, 2), "rows_per_second": round(len(ids) / max(t_infer, 1e-9), 1),
                  "packed_pool": str(packed), "teacher": str(teacher_dir)})
     table = pa.table({
         "id": pa.array(ids, pa.string()),

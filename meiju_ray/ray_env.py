@@ -21,6 +21,23 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+def cluster_address(cfg: RayConfig, address: str | None = None) -> str:
+    """The cluster to attach to ("" = start a private local one)."""
+    target = address or cfg.address or os.environ.get("RAY_ADDRESS", "")
+    return "" if target == "local" else target
+
+
+def attached_to_cluster(cfg: RayConfig) -> bool:
+    """True when work goes to a shared Ray cluster rather than a private local one started here."""
+    import ray
+    if cluster_address(cfg):
+        return True
+    return ray.is_initialized() and not _STARTED_LOCAL
+
+
+_STARTED_LOCAL = False
+
+
 def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> str:
     """Initialise Ray once per process; returns "local" or the address attached to."""
     import ray
@@ -29,14 +46,16 @@ def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> 
         return "existing"
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    target = address or cfg.address or os.environ.get("RAY_ADDRESS", "")
-    if target and target != "local":
+    global _STARTED_LOCAL
+    target = cluster_address(cfg, address)
+    if target:
         ray.init(address=target, log_to_driver=not quiet)
         log.info("attached to Ray cluster at %s (%s CPUs)", target, ray.cluster_resources().get("CPU"))
         return target
     num_cpus = cfg.num_cpus or os.cpu_count() or 1
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=cfg.object_store_mb * 2**20,
              include_dashboard=False, log_to_driver=not quiet)
+    _STARTED_LOCAL = True
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = not quiet
     log.info("started a local Ray cluster with %d CPUs", num_cpus)

@@ -62,6 +62,21 @@ def test_pseudo_labels_respect_threshold_and_are_repeatable(ray_cluster, teacher
     assert (rows.emotion[rows.emotion >= 0] < 7).all()
 
 
+def test_in_process_engine_matches_ray_data(ray_cluster, teacher):
+    from meiju_ray.layout import UNLABELED
+    from meiju_ray.packing import pack_split
+    from meiju_ray.pseudo_label import infer_pool, inference_engine
+    cfg, ckpt = teacher
+    cfg = pseudo_cfg(cfg, "data.shard_rows=32", "pseudo.max_rows=100")
+    assert inference_engine(cfg, 100) == "ray_data"  # Ray was started by someone else: use it
+    packed = pack_split(cfg.data, UNLABELED)
+    ray_ids, ray_emo, ray_int = infer_pool(cfg, ckpt, packed, "ray_data")
+    ids, emo, intent = infer_pool(cfg, ckpt, packed, "in_process")
+    assert ids == ray_ids and len(ids) == 100
+    np.testing.assert_allclose(emo, ray_emo, atol=1e-5)
+    np.testing.assert_allclose(intent, ray_int, atol=1e-5)
+
+
 def test_max_rows_caps_the_pool_across_shards(ray_cluster, teacher, tmp_path):
     cfg, ckpt = teacher
     info = run_pseudo_label(pseudo_cfg(cfg, "pseudo.max_rows=50", "data.shard_rows=32", "pseudo.threshold=0.6"),

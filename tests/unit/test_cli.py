@@ -54,6 +54,21 @@ def test_synth_train_predict_end_to_end(small_world, tmp_path, capsys):
     assert acc_int > 0.3
 
 
+def test_small_pool_is_pseudo_labelled_in_process_without_starting_ray(small_world, tmp_path):
+    """A fresh process (as a user runs it): 120 pool rows < pseudo.in_process_below -> no Ray at all."""
+    out = tmp_path / "run"
+    assert main(train_args(small_world, out, "train.epochs=3")) == 0
+    exe = Path(sys.executable).parent / "meiju-ray"
+    args = train_args(small_world, out)[2:]  # the same experiment + overrides, without "-q train"
+    res = subprocess.run([str(exe), "pseudo-label", *args, "pseudo.threshold=0.5", "--checkpoint",
+                          str(out / "checkpoint"), "--out", str(tmp_path / "pseudo")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "pseudo" / "summary.json").read_text())
+    assert summary["engine"] == "in_process" and summary["n_rows"] == 120 and summary["n_selected"] > 0
+    assert "in this process" in res.stderr and "Ray cluster" not in res.stderr
+
+
 def test_training_is_reproducible(tiny_world, tmp_path):
     for name in ("a", "b"):
         assert main(train_args(tiny_world, tmp_path / name, "train.epochs=2")) == 0

@@ -185,3 +185,14 @@ def test_bad_inputs_raise():
         apply_temperature(emo, 0.0)
     with pytest.raises(ValueError, match="rows"):
         fit_temperature(np.zeros((3, 2)), np.zeros(2, dtype=int))
+
+
+def test_engine_choice_keeps_ray_start_up_off_small_local_pools():
+    from meiju_ray.config import RayConfig
+    from meiju_ray.pseudo_label import choose_engine
+    from meiju_ray.ray_env import attached_to_cluster
+    assert choose_engine(5_000, 20_000, attached=False) == "in_process"
+    assert choose_engine(20_000, 20_000, attached=False) == "ray_data"   # large pool: the actors pay off
+    assert choose_engine(5_000, 0, attached=False) == "ray_data"         # 0 = always Ray Data
+    assert choose_engine(5_000, 20_000, attached=True) == "ray_data"     # a shared cluster: always Ray Data
+    assert attached_to_cluster(RayConfig(address="ray://head:10001"))
