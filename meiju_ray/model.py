@@ -60,16 +60,27 @@ class AttnEncoder(nn.Module):
 
 
 class LSTMEncoder(nn.Module):
-    """Baseline LSTMEncoder(embd_method=maxpool), but over real frames only (packed sequences)."""
+    """Baseline LSTMEncoder(embd_method=maxpool), but max-pooled over real frames only.
 
-    def __init__(self, dim: int, hidden: int):
+    The LSTM is unidirectional and padding only follows the real frames, so its outputs on real frames
+    do not depend on the padding: running it over the padded batch and masking the max gives exactly
+    what packed sequences give. Which is faster depends on the device: on CPU packing costs more than
+    the few padded steps a length-bucketed batch has (an epoch of the `baseline` preset measured ~1.25x
+    slower packed); cuDNN's packed kernels skip the padded steps cheaply. `packed=None` picks by device."""
+
+    def __init__(self, dim: int, hidden: int, packed: bool | None = None):
         super().__init__()
         self.rnn = nn.LSTM(dim, hidden, batch_first=True)
+        self.packed = packed
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        packed = self.packed if self.packed is not None else x.is_cuda
+        if not packed:
+            h, _ = self.rnn(x)                      # (B, T, H); padded steps computed, then masked out
+            return masked_max(h, mask)
         lengths = mask.sum(dim=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)                   # no compute on padded steps
+        seqs = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(seqs)                     # no compute on padded steps
         h, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return masked_max(h, mask)
 

@@ -152,11 +152,14 @@ def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path,
     import ray.data
 
     check_cpu_budget(p.actors * p.cpus_per_actor, f"pseudo.actors={p.actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}")
-    # one block per shard, so the actor pool shares the shards out (no ListFiles / read tasks)
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # blocks of whole shards, so the actor pool shares the shards out (no ListFiles / read tasks); several
+    # shards per call when there are many (~8 calls per actor keep the load balanced, and fewer calls
+    # cut Ray Data's per-block overhead: -10 % wall time at 100 shards x 2 actors on 2 cores)
+    per_call = max(1, len(items) // (8 * p.actors))
+    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_call))
     device = "cuda" if p.gpus_per_actor > 0 else "cpu"
     threads = max(1, int(p.cpus_per_actor)) if p.cpus_per_actor >= 1 else 1
-    out = ds.map_batches(TeacherPredictor, batch_size=1, batch_format="numpy",
+    out = ds.map_batches(TeacherPredictor, batch_size=per_call, batch_format="numpy",
                          fn_constructor_kwargs={**kwargs, "device": device, "threads": threads},
                          compute=ray.data.ActorPoolStrategy(size=p.actors),
                          num_cpus=p.cpus_per_actor, num_gpus=p.gpus_per_actor or None)

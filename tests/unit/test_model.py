@@ -160,6 +160,26 @@ def test_encoder_level_invariance_and_padding_sensitivity(encoder):
             assert not torch.allclose(enc(long, torch.ones(1, 30, dtype=torch.bool)), ref, atol=1e-4)
 
 
+def test_lstm_padded_and_packed_paths_agree():
+    """CPU runs the LSTM over padding and masks the max; GPU packs: same outputs and gradients."""
+    torch.manual_seed(0)
+    enc = LSTMEncoder(6, 5)
+    lens = torch.tensor([7, 2, 5, 1])
+    mask = torch.arange(7)[None, :] < lens[:, None]
+    x = torch.where(mask[..., None], torch.randn(4, 7, 6), torch.full((4, 7, 6), 9.0)).requires_grad_()
+    outs, grads = [], []
+    for packed in (False, True):
+        enc.packed = packed
+        x.grad = None
+        out = enc(x, mask)
+        out.sum().backward()
+        outs.append(out.detach())
+        grads.append(x.grad.clone())
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert (grads[0][~mask] == 0).all()  # padded frames never reach the output
+
+
 def test_textcnn_matches_hand_computation():
     """Max-over-time over windows inside the real frames; T < kernel acts as zero-padded to the kernel."""
     torch.manual_seed(0)
