@@ -1,6 +1,6 @@
 """Data path: one epoch of batches from the packed Parquet shards vs the baseline's per-file .npy loader.
 
-    python -m benchmarks data_path [--scale 1.0] [--threads 2] [--repeats 2]
+    python -m benchmarks data_path [--scale 1.0] [--threads 2] [--repeats 3]
 
 Both paths read the Training split of a synthetic Track 1 Mandarin world (A512/V342/L768) and
 produce one full shuffled epoch of batch-size-32, zero-padded batches:
@@ -36,7 +36,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="world size as a fraction of Track 1 Mandarin")
     parser.add_argument("--unlabeled", type=int, default=200, help="unlabelled pool of the world (not read here)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (data paths and the training epoch)")
-    parser.add_argument("--repeats", type=int, default=2,
+    parser.add_argument("--repeats", type=int, default=3,
                         help="passes per path; packed: best of N, baseline: pass 1 (cold-ish) and best of 2..N (warm)")
 
 

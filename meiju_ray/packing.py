@@ -220,7 +220,7 @@ def table_to_packed(table: pa.Table, modalities: list[ModalityConfig]) -> Packed
 def load_packed(packed_dir: Path, modalities: list[ModalityConfig]) -> PackedSplit:
     files = shard_files(packed_dir)
     cols = ["id", "emotion", "intent"] + [c for m in modalities for c in (m.name, f"{m.name}_len")]
-    table = pa.concat_tables([pq.read_table(f, columns=cols) for f in files]) if files else \
+    table = pa.concat_tables([pq.read_table(f, columns=cols, memory_map=True) for f in files]) if files else \
         schema(modalities).empty_table()
     return table_to_packed(table, modalities)
 
