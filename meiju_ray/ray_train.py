@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -119,8 +120,14 @@ def run_distributed(cfg: ExperimentConfig, extra_train: PackedSplit | None = Non
     loop_config = {"cfg": cfg.to_dict(), "train": ray.put(train), "val": ray.put(val), "fault": fault}
     log.info("Ray Train: %d workers x %g CPU%s on %d training rows", cfg.scaling.num_workers,
              cfg.scaling.cpus_per_worker, " + GPU" if cfg.scaling.use_gpu else "", len(train))
-    # [4] Fit on the cluster.
-    result = build_trainer(cfg, loop_config, out / "ray_train").fit()
+    # [4] Fit on the cluster. Ray Train restores a run whose storage directory already holds checkpoints,
+    # so a second `train` into the same output_dir would silently hand back the first run's results
+    # (whatever the new config says). Each call is a fresh run; worker failures inside it still resume.
+    storage = out / "ray_train"
+    if storage.exists():
+        log.info("removing the previous run's Ray Train state at %s (a new run starts from scratch)", storage)
+        shutil.rmtree(storage)
+    result = build_trainer(cfg, loop_config, storage).fit()
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as d:

@@ -123,6 +123,11 @@ def test_ddp_two_workers_learn_like_one_process(ray_cluster, small_world, tmp_pa
     assert ddp["joint"] > ddp["majority_baseline"]["joint"] + 0.1
     assert abs(ddp["joint"] - local["joint"]) < 0.12, (ddp["joint"], local["joint"])
     assert (tmp_path / "ddp" / "checkpoint" / "model.pt").is_file()
+    # the same output_dir again with another config: a new run, not Ray Train restoring the old one
+    again = run_train(small_config(small_world, tmp_path / "ddp", *base[1:], "train.epochs=2",
+                                   "scaling.num_workers=1", "scaling.cpus_per_worker=1"))
+    assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2
+    assert again["resumed_from_epoch"] == 0 and again["num_workers"] == 1
 
 
 def test_killed_worker_is_replaced_and_training_resumes(ray_cluster, small_world, tmp_path):
