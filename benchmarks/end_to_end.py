@@ -1,7 +1,7 @@
 """End to end: the full pipeline at Track 1 scale (teacher -> pseudo-label 10k -> student), per stage.
 
-`meiju-ray pipeline experiments/track1_mandarin.yaml` (paper model, calibrated per-task 0.99 bar, Ray
-Data actors from the experiment) on a fresh Track-1-Mandarin-sized synthetic world with a 10k pool,
+`meiju-ray pipeline experiments/track1_mandarin.yaml` (paper model, calibrated per-task 0.99 bar; the
+pool is labelled in-process below pseudo.in_process_below rows, else by the experiment's Ray Data actors) on a fresh Track-1-Mandarin-sized synthetic world with a 10k pool,
 MLflow tracking on (sqlite under the run directory), from a cold packed cache: the first stage that
 touches a split packs it. The per-stage seconds are the pipeline's own `stage_seconds` (metrics.json).
 """
@@ -16,7 +16,9 @@ from benchmarks.common import BENCH_ROOT, PeakMemory, config, md_table, test_sco
 
 TITLE = "6. End to end: teacher -> pseudo-label 10k -> student at Track 1 scale"
 STAGES = {"ray_start": "start a local Ray cluster", "reference": "pack Training + Validation, logistic reference",
-          "teacher": "teacher (paper model, labelled rows only)", "pseudo_r1": "pack the pool, Ray Data inference, calibrate, select",
+          "teacher": "teacher (paper model, labelled rows only)",
+          "pseudo_r1": "pack the pool, teacher inference (in-process below pseudo.in_process_below rows, else Ray Data), "
+                       "calibrate, select",
           "load_pseudo_rows_r1": "read the selected rows back", "student_r1": "student (labelled + pseudo-labelled rows)",
           "predict": "pack Testing, write submission.csv"}
 

@@ -98,7 +98,7 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
         student = teacher
         if cfg.pseudo.enabled:
             for r in range(1, cfg.pseudo.rounds + 1):
-                log.info("[2] round %d: pseudo-labelling the unlabelled pool with Ray Data", r)
+                log.info("[2] round %d: pseudo-labelling the unlabelled pool", r)
                 info = _pseudo_stage(cfg, tracker, current_ckpt, f"pseudo_r{r}")
                 t = lap(f"pseudo_r{r}", t)
                 extra = load_pseudo_rows(cfg, out / f"pseudo_r{r}")
