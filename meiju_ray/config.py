@@ -130,7 +130,7 @@ class PseudoLabelConfig:
     weighting: str = "constant"      # constant | confidence (weight * confidence)
     rounds: int = 1                  # teacher -> student -> student becomes the next teacher
     max_rows: int = 0                # use at most this many unlabelled rows (0 = all)
-    actors: int = 1                  # Ray Data inference actors
+    actors: int = 1                  # Ray Data inference actors; 0 = as many as the cluster's CPUs (GPUs) hold
     cpus_per_actor: float = 0.5      # actors x this <= cluster CPUs - 1 (Ray Data's ListFiles needs 1 CPU)
     in_process_below: int = 20000    # on a private local Ray, pools with fewer rows are labelled in this
     #   process by the same per-shard code: Ray Data's actor start-up (~5 s on 2 cores) costs more than
@@ -353,8 +353,10 @@ def validate(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"config key 'pseudo.class_thresholds.{task}.{label}': unknown {task} label")
             if not 0.0 <= bar <= 1.0:
                 raise ConfigError(f"config key 'pseudo.class_thresholds.{task}.{label}': must be a number in [0, 1]")
-    if p.rounds < 1 or p.actors < 1 or p.batch_size < 1 or p.topk_per_class < 1:
-        raise ConfigError("config keys 'pseudo.rounds', 'pseudo.actors', 'pseudo.batch_size', 'pseudo.topk_per_class' must be >= 1")
+    if p.rounds < 1 or p.batch_size < 1 or p.topk_per_class < 1:
+        raise ConfigError("config keys 'pseudo.rounds', 'pseudo.batch_size', 'pseudo.topk_per_class' must be >= 1")
+    if p.actors < 0:
+        raise ConfigError("config key 'pseudo.actors': must be >= 1, or 0 for as many as the cluster holds")
     if p.weight <= 0:
         raise ConfigError("config key 'pseudo.weight': must be > 0")
     if p.in_process_below < 0:

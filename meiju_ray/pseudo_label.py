@@ -4,6 +4,10 @@
         reads its shard with pyarrow and runs the teacher) --> ids + probs
     probs --calibrate (temperature fit on Validation)--> selection rule --> pseudo_labels.parquet + summary.json
 
+A pool below `pseudo.in_process_below` rows on a private local Ray (or with no Ray) is labelled by the
+same `TeacherPredictor` in this process instead: the actor pool's ~5 s start-up would cost more than
+its parallelism saves (BENCHMARKS.md §4). An attached cluster always uses Ray Data.
+
 Actors load the teacher checkpoint once. Only ids and probabilities come back to the driver
 (N x (C_e + C_i) floats), so memory stays bounded however large the pool; the selection (which
 needs a global view for top-k) runs on the driver with the pure functions of `selection.py`.
@@ -120,6 +124,17 @@ def inference_engine(cfg: ExperimentConfig, n_rows: int) -> str:
     return choose_engine(n_rows, cfg.pseudo.in_process_below, attached_to_cluster(cfg.ray))
 
 
+def auto_actors(resources: dict, cpus_per_actor: float, gpus_per_actor: float, n_shards: int,
+                keep_free_cpus: float = 1.0) -> int:
+    """pseudo.actors=0: as many actors as the cluster Ray reports can hold (GPUs first when actors use
+    them; one CPU kept free for Ray Data's own tasks), never more than there are shards to share."""
+    if gpus_per_actor > 0:
+        fit = int(resources.get("GPU", 0.0) / gpus_per_actor + 1e-9)
+    else:
+        fit = int(max(0.0, resources.get("CPU", 0.0) - keep_free_cpus) / cpus_per_actor + 1e-9)
+    return max(1, min(fit, n_shards))
+
+
 def _collect(batches, packed_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     ids: list[str] = []
     emo, intent = [], []
@@ -140,7 +155,7 @@ def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path,
                engine: str = "ray_data") -> tuple[list[str], np.ndarray, np.ndarray]:
     """Run the teacher over every packed unlabelled row: ids (sorted) and emotion/intent probabilities.
 
-    engine="ray_data": a Ray Data actor pool, one shard per call (Ray must be initialised);
+    engine="ray_data": a Ray Data actor pool, whole shards per call (Ray must be initialised);
     engine="in_process": the same `TeacherPredictor` over the same work items in this process."""
     p = cfg.pseudo
     items = pool_plan(cfg, packed_dir)
@@ -152,17 +167,18 @@ def infer_pool(cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path,
         raise ValueError(f"unknown inference engine {engine!r} (in_process | ray_data)")
     import ray.data
 
-    check_cpu_budget(p.actors * p.cpus_per_actor, f"pseudo.actors={p.actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}")
+    actors = p.actors or auto_actors(ray.cluster_resources(), p.cpus_per_actor, p.gpus_per_actor, len(items))
+    check_cpu_budget(actors * p.cpus_per_actor, f"pseudo.actors={actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}")
     # blocks of whole shards, so the actor pool shares the shards out (no ListFiles / read tasks); several
     # shards per call when there are many (~8 calls per actor keep the load balanced, and fewer calls
     # cut Ray Data's per-block overhead: -10 % wall time at 100 shards x 2 actors on 2 cores)
-    per_call = max(1, len(items) // (8 * p.actors))
+    per_call = max(1, len(items) // (8 * actors))
     ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_call))
     device = "cuda" if p.gpus_per_actor > 0 else "cpu"
     threads = max(1, int(p.cpus_per_actor)) if p.cpus_per_actor >= 1 else 1
     out = ds.map_batches(TeacherPredictor, batch_size=per_call, batch_format="numpy",
                          fn_constructor_kwargs={**kwargs, "device": device, "threads": threads},
-                         compute=ray.data.ActorPoolStrategy(size=p.actors),
+                         compute=ray.data.ActorPoolStrategy(size=actors),
                          num_cpus=p.cpus_per_actor, num_gpus=p.gpus_per_actor or None)
     return _collect(out.iter_batches(batch_size=None, batch_format="numpy"), packed_dir)
 
@@ -205,7 +221,7 @@ def run_pseudo_label(cfg: ExperimentConfig, teacher_dir: str | os.PathLike, out_
                  n_rows, cfg.pseudo.in_process_below)
     else:
         init_ray(cfg.ray)
-        log.info("pseudo-labelling %d rows with Ray Data (%d actor(s))", n_rows, cfg.pseudo.actors)
+        log.info("pseudo-labelling %d rows with Ray Data (%s actor(s))", n_rows, cfg.pseudo.actors or "auto")
     ids, emo_probs, int_probs = infer_pool(cfg, teacher_dir, packed, engine)
     t_infer = time.time() - t0
     temps = calibration_temperatures(cfg, teacher_dir)
@@ -218,7 +234,8 @@ def run_pseudo_label(cfg: ExperimentConfig, teacher_dir: str | os.PathLike, out_
     true_emo, true_int = hidden_truth(cfg, ids)
     info = summary(sel, cfg.data.emotion_labels, cfg.data.intent_labels, true_emo, true_int)
     info.update({"temperature": temps, "rule": cfg.pseudo.rule, "threshold": cfg.pseudo.threshold,
-                 "engine": engine, "inference_seconds": round(t_infer, 2), "rows_per_second": round(len(ids) / max(t_infer, 1e-9), 1),
+                 "engine": engine, "inference_seconds": round(t_infer, 2),
+                 "rows_per_second": round(len(ids) / max(t_infer, 1e-9), 1),
                  "packed_pool": str(packed), "teacher": str(teacher_dir)})
     table = pa.table({
         "id": pa.array(ids, pa.string()),

@@ -67,7 +67,7 @@ def test_in_process_engine_matches_ray_data(ray_cluster, teacher):
     from meiju_ray.packing import pack_split
     from meiju_ray.pseudo_label import infer_pool, inference_engine
     cfg, ckpt = teacher
-    cfg = pseudo_cfg(cfg, "data.shard_rows=32", "pseudo.max_rows=100")
+    cfg = pseudo_cfg(cfg, "data.shard_rows=32", "pseudo.max_rows=100", "pseudo.actors=0")  # 0: sized from Ray
     assert inference_engine(cfg, 100) == "ray_data"  # Ray was started by someone else: use it
     packed = pack_split(cfg.data, UNLABELED)
     ray_ids, ray_emo, ray_int = infer_pool(cfg, ckpt, packed, "ray_data")

@@ -196,3 +196,12 @@ def test_engine_choice_keeps_ray_start_up_off_small_local_pools():
     assert choose_engine(5_000, 0, attached=False) == "ray_data"         # 0 = always Ray Data
     assert choose_engine(5_000, 20_000, attached=True) == "ray_data"     # a shared cluster: always Ray Data
     assert attached_to_cluster(RayConfig(address="ray://head:10001"))
+
+
+def test_auto_actor_count_comes_from_the_resources_ray_reports():
+    from meiju_ray.pseudo_label import auto_actors
+    assert auto_actors({"CPU": 2.0}, 0.5, 0.0, n_shards=10) == 2         # 1 CPU kept free for Ray Data
+    assert auto_actors({"CPU": 16.0}, 1.0, 0.0, n_shards=100) == 15
+    assert auto_actors({"CPU": 64.0}, 0.5, 0.0, n_shards=3) == 3         # no idle actors beyond the shards
+    assert auto_actors({"CPU": 64.0, "GPU": 2.0}, 1.0, 0.25, n_shards=100) == 8
+    assert auto_actors({"CPU": 1.0}, 0.5, 0.0, n_shards=10) == 1         # always at least one
