@@ -92,9 +92,8 @@ def teacher(dims: str, base: Path):
 def plain_loop(cfg, checkpoint_dir: Path, pool: Path, batch_size: int) -> int:
     """The single-process reference: the actors' own per-shard code (`TeacherPredictor`), without Ray."""
     from meiju_ray.packing import shard_files
-    from meiju_ray.pseudo_label import TeacherPredictor, shard_plan
-    columns = ["id"] + [c for m in cfg.data.modalities for c in (m.name, f"{m.name}_len")]
-    predictor = TeacherPredictor(str(checkpoint_dir), columns, "cpu", 1, batch_size)
+    from meiju_ray.pseudo_label import TeacherPredictor, pool_columns, shard_plan
+    predictor = TeacherPredictor(str(checkpoint_dir), pool_columns(cfg), "cpu", 1, batch_size)
     return sum(len(predictor({"path": [item["path"]], "rows": [item["rows"]]})["id"])
                for item in shard_plan(shard_files(pool)))
 

@@ -34,7 +34,7 @@ from meiju_ray.engine import predict_probs, resolve_device, set_threads
 from meiju_ray.fileio import write_json_atomic
 from meiju_ray.layout import UNLABELED, DataError, read_split_list, resolve
 from meiju_ray.packing import PackedSplit, load_split, pack_split, shard_files, table_to_packed
-from meiju_ray.ray_env import check_cpu_budget, init_ray
+from meiju_ray.ray_env import RESERVED_CPUS, attached_to_cluster, check_cpu_budget, init_ray
 from meiju_ray.selection import allowed_pairs_from, apply_temperature, fit_temperature, select, summary
 
 log = logging.getLogger("meiju_ray")
@@ -69,12 +69,10 @@ class TeacherPredictor:
             left = int(limit)
             shard = pq.ParquetFile(str(path), memory_map=True)  # mapped: ~1.5x faster reads than buffered
             for batch in shard.iter_batches(batch_size=self.batch_size, columns=self.columns):
-                if left == 0:
+                if left <= 0:
                     break
-                table = pa.Table.from_batches([batch])
-                if 0 < left < table.num_rows:
-                    table = table.slice(0, left)
-                left -= table.num_rows if left > 0 else 0
+                table = pa.Table.from_batches([batch]).slice(0, left)
+                left -= table.num_rows
                 parts.append(self.predict_table(table))
         if not parts:
             return {"id": np.array([], dtype=object), "emotion_probs": np.zeros((0, 0), np.float32),
@@ -83,17 +81,15 @@ class TeacherPredictor:
 
 
 def shard_plan(files: list[Path], max_rows: int = 0) -> list[dict]:
-    """One work item per shard: {"path", "rows"} with rows = -1 (all) or a cap so the total is max_rows."""
-    items, budget = [], max_rows
+    """One work item per shard: {"path", "rows"}, rows = the shard's row count (its Parquet footer),
+    capped so the total is at most max_rows (0 = all)."""
+    items, budget = [], max_rows or float("inf")
     for f in files:
-        if max_rows:
-            if budget <= 0:
-                break
-            n = pq.ParquetFile(f).metadata.num_rows
-            items.append({"path": str(f), "rows": min(n, budget)})
-            budget -= n
-        else:
-            items.append({"path": str(f), "rows": -1})
+        if budget <= 0:
+            break
+        n = pq.ParquetFile(f).metadata.num_rows
+        items.append({"path": str(f), "rows": int(min(n, budget))})
+        budget -= n
     return items
 
 
@@ -102,13 +98,10 @@ def pool_columns(cfg: ExperimentConfig) -> list[str]:
 
 
 def pool_plan(cfg: ExperimentConfig, packed_dir: Path) -> list[dict]:
-    """Work items with their row counts filled in (Parquet footers only)."""
+    """The pool's work items (`shard_plan` under pseudo.max_rows); an empty pool is an error."""
     items = shard_plan(shard_files(packed_dir), cfg.pseudo.max_rows)
     if not items:
         raise DataError(f"the unlabelled pool at {packed_dir} has no shards")
-    for item in items:
-        if item["rows"] < 0:
-            item["rows"] = pq.ParquetFile(item["path"]).metadata.num_rows
     return items
 
 
@@ -120,12 +113,11 @@ def choose_engine(n_rows: int, in_process_below: int, attached: bool) -> str:
 
 
 def inference_engine(cfg: ExperimentConfig, n_rows: int) -> str:
-    from meiju_ray.ray_env import attached_to_cluster
     return choose_engine(n_rows, cfg.pseudo.in_process_below, attached_to_cluster(cfg.ray))
 
 
 def auto_actors(resources: dict, cpus_per_actor: float, gpus_per_actor: float, n_shards: int,
-                keep_free_cpus: float = 1.0) -> int:
+                keep_free_cpus: float = RESERVED_CPUS) -> int:
     """pseudo.actors=0: as many actors as the cluster Ray reports can hold (GPUs first when actors use
     them; one CPU kept free for Ray Data's own tasks), never more than there are shards to share."""
     if gpus_per_actor > 0:

@@ -21,6 +21,11 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+# CPUs an actor pool must leave free for Ray Data's own tasks (see check_cpu_budget)
+RESERVED_CPUS = 1.0
+_STARTED_LOCAL = False  # set by init_ray when it started the private local cluster this process uses
+
+
 def cluster_address(cfg: RayConfig, address: str | None = None) -> str:
     """The cluster to attach to ("" = start a private local one)."""
     target = address or cfg.address or os.environ.get("RAY_ADDRESS", "")
@@ -35,18 +40,15 @@ def attached_to_cluster(cfg: RayConfig) -> bool:
     return ray.is_initialized() and not _STARTED_LOCAL
 
 
-_STARTED_LOCAL = False
-
-
 def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> str:
     """Initialise Ray once per process; returns "local" or the address attached to."""
+    global _STARTED_LOCAL
     import ray
 
     if ray.is_initialized():
         return "existing"
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    global _STARTED_LOCAL
     target = cluster_address(cfg, address)
     if target:
         ray.init(address=target, log_to_driver=not quiet)
@@ -67,7 +69,7 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def check_cpu_budget(requested: float, what: str, leave: float = 1.0) -> None:
+def check_cpu_budget(requested: float, what: str, leave: float = RESERVED_CPUS) -> None:
     """Refuse a request that would leave Ray Data's read/write tasks no CPU (a silent deadlock).
 
     Ray Data 2.60 starts every file read with a ListFiles task that asks for one whole CPU (its
