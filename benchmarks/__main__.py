@@ -1,16 +1,21 @@
-"""The benchmark suite: `python -m benchmarks NAME [options]` (run by hand; results go to BENCHMARKS.md).
+"""The benchmark suite: `python -m benchmarks NAME [options]` (run by hand; results: BENCHMARKS.md).
 
-    python -m benchmarks time_to_quality      # baseline preset vs paper model: wall time to a validated score
-    python -m benchmarks throughput           # samples/s: local, Ray Train 1 and 2 workers; bucketing vs padding
-    python -m benchmarks data_path            # packed Parquet shards vs the baseline's per-file .npy loader
-    python -m benchmarks pseudo_label         # plain loop vs Ray Data (1, 2 actors) at 10k / 100k rows; peak memory
-    python -m benchmarks sweep                # 8 trials: ASHA vs run to completion; re-thresholding vs re-inference
-    python -m benchmarks end_to_end           # teacher -> pseudo-label 10k -> student at Track 1 scale, per stage
-    python -m benchmarks NAME --help          # each one's size knobs (--scale, ...)
+    python -m benchmarks NAME           # NAME is one of the benchmarks below
+    python -m benchmarks NAME --help    # each one's size knobs (--scale, ...)
 
-Each prints its table and replaces its own section of BENCHMARKS.md (the command, the machine, the figures).
-Run them one at a time on an otherwise idle machine: on 2 cores a second busy process makes every number wrong.
+    time_to_quality   baseline preset vs paper model: wall time to a validated score
+    throughput        samples/s: local, Ray Train 1 and 2 workers; bucketing vs padding
+    data_path         packed Parquet shards vs the baseline's per-file .npy loader
+    pseudo_label      plain loop vs Ray Data (1, 2 actors) at 10k / 100k rows; peak memory
+    sweep             8 trials: ASHA vs run to completion; re-thresholding vs re-inference
+    end_to_end        teacher -> pseudo-label 10k -> student at Track 1 scale, per stage
+    ssl               semi-supervised recipes vs supervised on test, paired seeds (-> RESULTS.md)
+
+Each prints its table and replaces its own section of BENCHMARKS.md (the command, the machine,
+the figures). Run them one at a time on an otherwise idle machine: on 2 cores a second busy
+process makes every number wrong.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +23,7 @@ import importlib
 import shlex
 import sys
 
-from benchmarks.common import ORDER, env_setup, write_section
+from benchmarks.common import BENCHMARKS_MD, ORDER, env_setup, write_section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,19 +33,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(f"benchmarks.{name}")
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=module.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks {name}", description=module.__doc__.splitlines()[0]
+    )
     module.add_args(parser)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone"
+    )
     args = parser.parse_args(rest)
     env_setup()
     import logging
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S"
+    )
     body = module.run(args)
     print(body)
     if not args.no_write:
         command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in [name, *rest])
-        write_section(name, module.TITLE, command, body)
-        print(f"[bench] updated BENCHMARKS.md section {name!r}")
+        target = getattr(module, "RESULTS_FILE", BENCHMARKS_MD)
+        write_section(name, module.TITLE, command, body, path=target)
+        print(f"[bench] updated {target.name} section {name!r}")
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Shared pieces of the benchmark suite: machine facts, worlds, configs, tables, BENCHMARKS.md sections.
+"""Shared benchmark pieces: machine facts, worlds, configs, tables, BENCHMARKS.md sections.
 
 Every benchmark is a plain `run(args) -> str` (markdown body) plus an argparse `add_args(parser)`;
-`python -m benchmarks NAME` runs one, prints its table and replaces its section of BENCHMARKS.md
-(between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`), leaving every other section alone.
+`python -m benchmarks NAME` runs one, prints its table and replaces its section of
+BENCHMARKS.md (between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`), leaving
+every other section alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,41 +15,68 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_ROOT = Path(os.environ.get("MEIJU_BENCH_DIR", REPO / "runs" / "bench"))
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 # the order of the sections in BENCHMARKS.md
-ORDER = ["time_to_quality", "throughput", "data_path", "pseudo_label", "sweep", "end_to_end"]
-# the official baseline's measured cost on this kind of machine (issue reference; ../shared docs)
+ORDER = ["time_to_quality", "throughput", "data_path", "pseudo_label", "sweep", "end_to_end", "ssl"]
+# the official baseline's measured cost on this kind of machine (../shared docs)
 BASELINE_REFERENCE = {"minutes_per_run": 48.0, "seconds_per_epoch": 24.0, "test_joint": 0.51}
 
 
 def machine() -> dict[str, Any]:
-    """Cores, RAM, GPU and versions: printed above every table (the numbers mean nothing without them)."""
+    """Cores, RAM, GPU and versions, shown above every table (figures mean nothing without them)."""
     import mlflow
     import ray
     import torch
+
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "?"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or "?"
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         commit += " + local changes" if dirty else ""
     except OSError:
         commit = "?"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cores": os.cpu_count(), "ram_gib": round(mem_gib, 1), "gpu": gpu, "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "mlflow": mlflow.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": round(mem_gib, 1),
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "mlflow": mlflow.__version__,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"{m['date']} · {m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, GPU: {m['gpu']} · "
-            f"python {m['python']}, torch {m['torch']}, ray {m['ray']}, mlflow {m['mlflow']} · commit {m['commit']}")
+    return (
+        f"{m['date']} · {m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, GPU: {m['gpu']} · "
+        f"python {m['python']}, torch {m['torch']}, ray {m['ray']}, mlflow {m['mlflow']} · "
+        f"commit {m['commit']}"
+    )
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -55,21 +84,31 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_section(name: str, title: str, command: str, body: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace (or add, in ORDER) the section `name` of BENCHMARKS.md; atomic (temp file + rename)."""
+def write_section(
+    name: str, title: str, command: str, body: str, path: Path = BENCHMARKS_MD
+) -> None:
+    """Replace (or add, in ORDER) section `name` of BENCHMARKS.md; atomic (temp file + rename)."""
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
-    block = f"{start}\n## {title}\n\n```bash\n{command}\n```\n\n{machine_line(machine())}\n\n{body.rstrip()}\n{end}"
+    block = (
+        f"{start}\n## {title}\n\n```bash\n{command}\n```\n\n"
+        f"{machine_line(machine())}\n\n{body.rstrip()}\n{end}"
+    )
     doc = path.read_text() if path.is_file() else "# Benchmarks\n"
     if start in doc and end in doc:
         head, rest = doc.split(start, 1)
         doc = head + block + rest.split(end, 1)[1]
     else:  # insert before the first later section, else append
-        later = [n for n in ORDER[ORDER.index(name) + 1:] if f"<!-- bench:{n}:start -->" in doc] if name in ORDER else []
+        later = (
+            [n for n in ORDER[ORDER.index(name) + 1 :] if f"<!-- bench:{n}:start -->" in doc]
+            if name in ORDER
+            else []
+        )
         if later:
             marker = f"<!-- bench:{later[0]}:start -->"
             doc = doc.replace(marker, block + "\n\n" + marker, 1)
@@ -81,35 +120,52 @@ def write_section(name: str, title: str, command: str, body: str, path: Path = B
 
 
 def world(scale: float = 1.0, unlabeled: int = 200, seed: int = 0) -> Path:
-    """A synthetic MEIJU world (Track 1 Mandarin dims and lengths) under runs/bench/worlds, written once."""
-    from meiju_ray.synth import write_world
+    """A synthetic MEIJU world (Track 1 Mandarin dims, lengths) in runs/bench/worlds, made once."""
+    from meiju_ray.data.synth import write_world
+
     out = BENCH_ROOT / "worlds" / f"s{scale:g}_u{unlabeled}_seed{seed}"
     if not (out / "world.json").is_file():
         t0 = time.time()
-        print(f"[bench] writing synthetic world {out} (scale {scale:g}, {unlabeled} unlabelled)", flush=True)
+        print(
+            f"[bench] writing synthetic world {out} (scale {scale:g}, {unlabeled} unlabelled)",
+            flush=True,
+        )
         write_world(out, seed=seed, scale=scale, unlabeled=unlabeled)
         print(f"[bench] world written in {time.time() - t0:.1f}s", flush=True)
     return out
 
 
 def preset_overrides(preset: str) -> list[str]:
-    """`paper`: experiments/track1_mandarin.yaml as is; `baseline`: experiments/baseline.yaml's model/loss/train."""
+    """`paper`: experiments/track1_mandarin.yaml as is;
+    `baseline`: experiments/baseline.yaml's model/loss/train."""
     if preset == "paper":
         return []
     if preset != "baseline":
         raise ValueError(f"unknown preset {preset!r} (paper | baseline)")
     import yaml
+
     tree = yaml.safe_load((REPO / "experiments" / "baseline.yaml").read_text())
-    return [f"{section}.{key}={json.dumps(value)}" for section in ("model", "loss", "train")
-            for key, value in tree.get(section, {}).items()]
+    return [
+        f"{section}.{key}={json.dumps(value)}"
+        for section in ("model", "loss", "train")
+        for key, value in tree.get(section, {}).items()
+    ]
 
 
 def config(root: Path, out: Path, preset: str = "paper", *overrides: str):
-    """Track 1 Mandarin experiment (dims A512/V342/L768) on a bench world, tracking off unless overridden."""
+    """Track 1 Mandarin experiment (A512/V342/L768) on a bench world; tracking off by default."""
     from meiju_ray.config import load_config
-    return load_config(REPO / "experiments" / "track1_mandarin.yaml",
-                       [f"data.root={root}", f"output_dir={out}", "tracking.enabled=false",
-                        *preset_overrides(preset), *overrides])
+
+    return load_config(
+        REPO / "experiments" / "track1_mandarin.yaml",
+        [
+            f"data.root={root}",
+            f"output_dir={out}",
+            "tracking.enabled=false",
+            *preset_overrides(preset),
+            *overrides,
+        ],
+    )
 
 
 def _descendants(root: int) -> set[int]:
@@ -163,7 +219,7 @@ class PeakMemory:
             self.peak = max(self.peak, pss_tree())
             time.sleep(0.2)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -193,19 +249,7 @@ def env_setup() -> None:
 
 
 def test_scores(checkpoint_dir: Path, root: Path) -> dict[str, float]:
-    """Weighted F1 on the synthetic world's Testing split against its hidden labels (the challenge's score)."""
-    import numpy as np
+    """Weighted F1 on the synthetic world's Testing split against its hidden labels."""
+    from meiju_ray.train.inference import hidden_test_scores
 
-    from meiju_ray import checkpoint
-    from meiju_ray.batching import iter_batches
-    from meiju_ray.engine import predict_probs, resolve_device
-    from meiju_ray.layout import read_split_list
-    from meiju_ray.metrics import scores
-    from meiju_ray.packing import load_split
-    model, cfg, _ = checkpoint.load(checkpoint_dir, "cpu")
-    test = load_split(cfg.data, cfg.data.test_split)
-    probs = predict_probs(model, iter_batches(test, 64), resolve_device("cpu"))
-    truth = read_split_list(root / "hidden" / "Testing_labels.txt", cfg.data.emotion_labels, cfg.data.intent_labels)
-    where = {u: i for i, u in enumerate(truth.ids)}
-    rows = np.array([where[u] for u in test.ids])
-    return scores(truth.emotion[rows], probs["emotion"].argmax(1), truth.intent[rows], probs["intent"].argmax(1), 1)
+    return hidden_test_scores(checkpoint_dir, str(root))

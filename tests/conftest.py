@@ -3,6 +3,7 @@
 Ray/MLflow environment settings are applied here, before anything can start Ray
 (docs: ray-mlflow-notes §8).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,25 +22,35 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 # Tiny models gain nothing from a second thread, and two busy processes each using both cores
-# can make a forward pass 50x slower (thread oversubscription): one torch thread in tests.
+# can make a forward pass many times slower (thread oversubscription): one torch thread in tests.
 torch.set_num_threads(1)
 
 from meiju_ray.config import ExperimentConfig, ModalityConfig, load_config  # noqa: E402
-from meiju_ray.synth import ModalitySpec, write_world  # noqa: E402
+from meiju_ray.data.synth import ModalitySpec, write_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_SPECS = (ModalitySpec("A", "wav2vec", 24, 4, 40, 14),
-               ModalitySpec("V", "ResNet-50", 12, 1, 20, 6),
-               ModalitySpec("L", "RoBERTa", 32, 3, 16, 7))
+SMALL_SPECS = (
+    ModalitySpec("A", "wav2vec", 24, 4, 40, 14),
+    ModalitySpec("V", "ResNet-50", 12, 1, 20, 6),
+    ModalitySpec("L", "RoBERTa", 32, 3, 16, 7),
+)
 SMALL_MODALITIES = [{"name": s.name, "folder": s.folder, "dim": s.dim} for s in SMALL_SPECS]
 
 
 def small_config(root: Path, out: Path, *overrides: str) -> ExperimentConfig:
     """experiments/smoke.yaml pointed at a small-dims world."""
-    mods = "[" + ",".join("{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
-                          for m in SMALL_MODALITIES) + "]"
-    return load_config(REPO / "experiments" / "smoke.yaml",
-                       [f"data.root={root}", f"output_dir={out}", f"data.modalities={mods}", *overrides])
+    mods = (
+        "["
+        + ",".join(
+            "{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
+            for m in SMALL_MODALITIES
+        )
+        + "]"
+    )
+    return load_config(
+        REPO / "experiments" / "smoke.yaml",
+        [f"data.root={root}", f"output_dir={out}", f"data.modalities={mods}", *overrides],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +71,9 @@ def tiny_world(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_cfg(tiny_world, tmp_path) -> ExperimentConfig:
-    return small_config(tiny_world, tmp_path / "run", "train.epochs=2",
-                        f"data.cache_dir={tmp_path / 'packed'}")
+    return small_config(
+        tiny_world, tmp_path / "run", "train.epochs=2", f"data.cache_dir={tmp_path / 'packed'}"
+    )
 
 
 def modality(name: str, dim: int, folder: str | None = None) -> ModalityConfig:

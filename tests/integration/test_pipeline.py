@@ -1,20 +1,24 @@
-"""Ray Data pseudo-labelling, Ray Train DDP (incl. a killed worker) and the full pipeline with MLflow."""
+"""Ray Data pseudo-labelling, Ray Train DDP (incl. a killed worker) and the pipeline with MLflow."""
+
 from __future__ import annotations
 
 import csv
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from meiju_ray.layout import DataError
+from meiju_ray.data.layout import DataError
+from meiju_ray.distributed.pseudo_label import run_pseudo_label
+from meiju_ray.distributed.train import run_train
 from meiju_ray.pipeline import run_pipeline
-from meiju_ray.pseudo_label import PSEUDO_FILE, SUMMARY_FILE, load_pseudo_rows, run_pseudo_label
-from meiju_ray.tracking import TrackingError
-from meiju_ray.training import run_train
+from meiju_ray.pseudo.labelling import PSEUDO_FILE, SUMMARY_FILE, load_pseudo_rows
+from meiju_ray.tracking.tracker import TrackingError
 from tests.conftest import small_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -24,13 +28,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 def teacher(small_world, tmp_path_factory):
     """A teacher trained in-process on the small world (shared by the pseudo-label tests)."""
     out = tmp_path_factory.mktemp("teacher")
-    cfg = small_config(small_world, out / "t", f"data.cache_dir={out / 'packed'}", "train.epochs=10")
+    cfg = small_config(
+        small_world, out / "t", f"data.cache_dir={out / 'packed'}", "train.epochs=10"
+    )
     run_train(cfg)
     return cfg, out / "t" / "checkpoint"
 
 
 def pseudo_cfg(cfg, *overrides):
     from meiju_ray.config import ExperimentConfig, parse_override, set_dotted
+
     tree = cfg.to_dict()
     for text in overrides:
         set_dotted(tree, *parse_override(text))
@@ -51,23 +58,33 @@ def test_pseudo_labels_respect_threshold_and_are_repeatable(ray_cluster, teacher
     summary = json.loads((tmp_path / "a" / SUMMARY_FILE).read_text())
     assert summary["n_selected"] == int(table["selected"].sum())
     # same inputs, 2 actors sharing 4 smaller shards, smaller inference batches: the same output
-    run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=2", "data.shard_rows=32", "pseudo.batch_size=16"), ckpt,
-                     tmp_path / "b")
+    run_pseudo_label(
+        pseudo_cfg(cfg, "pseudo.actors=2", "data.rows_per_shard=32", "pseudo.batch_size=16"),
+        ckpt,
+        tmp_path / "b",
+    )
     again = pq.read_table(tmp_path / "b" / PSEUDO_FILE).to_pandas()
     assert again["id"].tolist() == table["id"].tolist()
     assert again["selected"].tolist() == table["selected"].tolist()
-    np.testing.assert_allclose(np.stack(again["emotion_probs"]), np.stack(table["emotion_probs"]), atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack(again["emotion_probs"]), np.stack(table["emotion_probs"]), atol=1e-5
+    )
     rows = load_pseudo_rows(cfg, tmp_path / "a")
-    assert len(rows) == info["n_selected"] and set(rows.ids) == set(table.loc[table["selected"], "id"])
+    assert len(rows) == info["n_selected"] and set(rows.ids) == set(
+        table.loc[table["selected"], "id"]
+    )
     assert (rows.emotion[rows.emotion >= 0] < 7).all()
 
 
 def test_in_process_engine_matches_ray_data(ray_cluster, teacher):
-    from meiju_ray.layout import UNLABELED
-    from meiju_ray.packing import pack_split
-    from meiju_ray.pseudo_label import infer_pool, inference_engine
+    from meiju_ray.data.layout import UNLABELED
+    from meiju_ray.data.packing import pack_split
+    from meiju_ray.distributed.pseudo_label import infer_pool, inference_engine
+
     cfg, ckpt = teacher
-    cfg = pseudo_cfg(cfg, "data.shard_rows=32", "pseudo.max_rows=100", "pseudo.actors=0")  # 0: sized from Ray
+    cfg = pseudo_cfg(
+        cfg, "data.rows_per_shard=32", "pseudo.max_rows=100", "pseudo.actors=0"
+    )  # 0: sized from Ray
     assert inference_engine(cfg, 100) == "ray_data"  # Ray was started by someone else: use it
     packed = pack_split(cfg.data, UNLABELED)
     ray_ids, ray_emo, ray_int = infer_pool(cfg, ckpt, packed, "ray_data")
@@ -79,15 +96,20 @@ def test_in_process_engine_matches_ray_data(ray_cluster, teacher):
 
 def test_max_rows_caps_the_pool_across_shards(ray_cluster, teacher, tmp_path):
     cfg, ckpt = teacher
-    info = run_pseudo_label(pseudo_cfg(cfg, "pseudo.max_rows=50", "data.shard_rows=32", "pseudo.threshold=0.6"),
-                            ckpt, tmp_path / "p")
+    info = run_pseudo_label(
+        pseudo_cfg(cfg, "pseudo.max_rows=50", "data.rows_per_shard=32", "pseudo.threshold=0.6"),
+        ckpt,
+        tmp_path / "p",
+    )
     table = pq.read_table(tmp_path / "p" / PSEUDO_FILE)
     assert info["n_rows"] == table.num_rows == 50 and len(set(table.column("id").to_pylist())) == 50
 
 
 def test_empty_selection_is_normal(ray_cluster, teacher, tmp_path):
     cfg, ckpt = teacher
-    info = run_pseudo_label(pseudo_cfg(cfg, "pseudo.threshold=1.0", "pseudo.calibrate=none"), ckpt, tmp_path / "p")
+    info = run_pseudo_label(
+        pseudo_cfg(cfg, "pseudo.threshold=1.0", "pseudo.calibrate=none"), ckpt, tmp_path / "p"
+    )
     assert info["n_selected"] == 0 and info["selection_rate"] == 0
     assert len(load_pseudo_rows(cfg, tmp_path / "p")) == 0
 
@@ -107,51 +129,115 @@ def test_pseudo_label_bad_inputs(ray_cluster, teacher, tmp_path):
         run_pseudo_label(bad, ckpt, tmp_path / "p")
     assert not (tmp_path / "p").exists()
     with pytest.raises(ValueError, match="keep it below"):
-        run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=4", "pseudo.cpus_per_actor=1"), ckpt, tmp_path / "p")
+        run_pseudo_label(
+            pseudo_cfg(cfg, "pseudo.actors=4", "pseudo.cpus_per_actor=1"), ckpt, tmp_path / "p"
+        )
     # 2 x 0.75 of 2 CPUs would leave Ray Data's 1-CPU ListFiles task unschedulable: a silent hang
     with pytest.raises(ValueError, match="keep it below"):
-        run_pseudo_label(pseudo_cfg(cfg, "pseudo.actors=2", "pseudo.cpus_per_actor=0.75"), ckpt, tmp_path / "p")
+        run_pseudo_label(
+            pseudo_cfg(cfg, "pseudo.actors=2", "pseudo.cpus_per_actor=0.75"), ckpt, tmp_path / "p"
+        )
 
 
 def test_ddp_two_workers_learn_like_one_process(ray_cluster, small_world, tmp_path):
     base = ("train.epochs=8", f"data.cache_dir={tmp_path / 'packed'}")
     local = run_train(small_config(small_world, tmp_path / "local", *base))
-    ddp = run_train(small_config(small_world, tmp_path / "ddp", *base, "scaling.num_workers=2",
-                                 "scaling.cpus_per_worker=0.5"))
+    ddp = run_train(
+        small_config(
+            small_world,
+            tmp_path / "ddp",
+            *base,
+            "scaling.num_workers=2",
+            "scaling.cpus_per_worker=0.5",
+        )
+    )
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert len(history) == 8 and history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
     assert ddp["joint"] > ddp["majority_baseline"]["joint"] + 0.1
     assert abs(ddp["joint"] - local["joint"]) < 0.12, (ddp["joint"], local["joint"])
     assert (tmp_path / "ddp" / "checkpoint" / "model.pt").is_file()
     # the same output_dir again with another config: a new run, not Ray Train restoring the old one
-    again = run_train(small_config(small_world, tmp_path / "ddp", *base[1:], "train.epochs=2",
-                                   "scaling.num_workers=1", "scaling.cpus_per_worker=1"))
+    again = run_train(
+        small_config(
+            small_world,
+            tmp_path / "ddp",
+            *base[1:],
+            "train.epochs=2",
+            "scaling.num_workers=1",
+            "scaling.cpus_per_worker=1",
+        )
+    )
     assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2
     assert again["resumed_from_epoch"] == 0 and again["num_workers"] == 1
 
 
+def _kill_one_worker_after_first_checkpoint(storage: Path, marker: Path, started: float) -> None:
+    """SIGKILL one Ray Train worker process once the run has persisted a checkpoint (from outside:
+    the production loop has no fault hooks)."""
+    import psutil
+
+    deadline = time.time() + 300
+    # two checkpoint dirs: the first one is then fully persisted and registered
+    while time.time() < deadline and len(list(storage.glob("*/checkpoint_*"))) < 2:
+        time.sleep(0.2)
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        # a worker of this run: earlier tests on the same cluster may leave Train workers behind
+        if proc.info["create_time"] >= started and "RayTrainWorker" in " ".join(
+            proc.info["cmdline"] or []
+        ):
+            marker.write_text(str(proc.info["pid"]))
+            proc.kill()
+            return
+
+
 def test_killed_worker_is_replaced_and_training_resumes(ray_cluster, small_world, tmp_path):
-    from meiju_ray.ray_train import run_distributed
-    cfg = small_config(small_world, tmp_path / "run", "train.epochs=4", f"data.cache_dir={tmp_path / 'packed'}",
-                       "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.max_failures=1")
+    from meiju_ray.distributed.train import run_distributed
+
+    cfg = small_config(
+        small_world,
+        tmp_path / "run",
+        "train.epochs=6",
+        f"data.cache_dir={tmp_path / 'packed'}",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=0.5",
+        "scaling.max_failures=1",
+        "model.hidden=64",
+        "train.batch_size=8",
+    )
     marker = tmp_path / "killed.pid"
-    metrics = run_distributed(cfg, fault={"rank": 1, "epoch": 2, "marker": str(marker)})
-    assert marker.is_file()  # the worker really was SIGKILLed once
+    killer = threading.Thread(
+        target=_kill_one_worker_after_first_checkpoint,
+        args=(tmp_path / "run" / "ray_train", marker, time.time() - 1),
+        daemon=True,
+    )
+    killer.start()
+    metrics = run_distributed(cfg)
+    killer.join(timeout=5)
+    assert marker.is_file()  # a worker really was SIGKILLed once
     assert metrics["resumed_from_epoch"] >= 1  # ... and the replacement resumed from a checkpoint
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in history] == list(range(6))
 
 
 def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_path):
     from mlflow import MlflowClient
+
     out = tmp_path / "runs" / "pipe"
-    cfg = small_config(small_world, out, "train.epochs=6", f"data.cache_dir={tmp_path / 'packed'}",
-                       "pseudo.threshold=0.5", "tracking.experiment=pipe-test")
+    cfg = small_config(
+        small_world,
+        out,
+        "train.epochs=6",
+        f"data.cache_dir={tmp_path / 'packed'}",
+        "pseudo.threshold=0.5",
+        "tracking.experiment=pipe-test",
+    )
     metrics = run_pipeline(cfg)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["teacher"]["joint"] > 0 and saved["student"]["joint"] > 0
     assert saved["n_pseudo"] == metrics["n_pseudo"] > 0
-    assert saved["gain_joint"] == pytest.approx(saved["student"]["joint"] - saved["teacher"]["joint"])
+    assert saved["gain_joint"] == pytest.approx(
+        saved["student"]["joint"] - saved["teacher"]["joint"]
+    )
     rows = list(csv.reader((out / "submission.csv").open()))
     n_test = len((small_world / "Annotation" / "Testing_files.txt").read_text().splitlines())
     assert rows[0] == ["filename", "emo_pred", "int_pred"] and len(rows) == 1 + n_test
@@ -172,12 +258,18 @@ def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_p
     assert {"config.yaml", "confusion_emotion.png", "confusion_intent.png", "model"} <= artifacts
     assert "summary.json" in {a.path for a in client.list_artifacts(runs["pseudo_r1"].info.run_id)}
     assert "submission.csv" in {a.path for a in client.list_artifacts(parent)}
-    assert client.get_run(parent).data.metrics["student_joint"] == pytest.approx(saved["student"]["joint"])
+    assert client.get_run(parent).data.metrics["student_joint"] == pytest.approx(
+        saved["student"]["joint"]
+    )
     # the logged model loads back and predicts
-    from meiju_ray import checkpoint
-    from meiju_ray.tracking import download_model
-    model_dir = download_model(f"runs:/{runs['student_r1'].info.run_id}/model", tmp_path / "dl",
-                               tracking_uri=saved["mlflow"]["tracking_uri"])
+    from meiju_ray.tracking.tracker import download_model
+    from meiju_ray.train import checkpoint
+
+    model_dir = download_model(
+        f"runs:/{runs['student_r1'].info.run_id}/model",
+        tmp_path / "dl",
+        tracking_uri=saved["mlflow"]["tracking_uri"],
+    )
     model, loaded_cfg, _ = checkpoint.load(model_dir)
     assert loaded_cfg.model.hidden == cfg.model.hidden
 

@@ -1,8 +1,9 @@
-"""meiju_ray.tracking against a real MLflow sqlite store (no server, no mocks).
+"""meiju_ray.tracking.tracker against a real MLflow sqlite store (no server, no mocks).
 
-Creating a fresh sqlite store runs MLflow's migrations (~5-8 s here), so one store is shared by the
+Creating a fresh sqlite store runs MLflow's migrations (slow), so one store is shared by the
 module and each test uses its own experiment.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from meiju_ray import checkpoint
 from meiju_ray.config import ConfigError, load_config
-from meiju_ray.model import build_model
-from meiju_ray.tracking import Tracker, TrackingError, check_reachable, default_uri, download_model, resolve_uri
+from meiju_ray.model.network import build_model
+from meiju_ray.tracking.tracker import (
+    Tracker,
+    TrackingError,
+    check_reachable,
+    default_uri,
+    download_model,
+    resolve_uri,
+)
+from meiju_ray.train import checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke.yaml"
@@ -38,6 +46,7 @@ def out_dir(tmp_path_factory) -> Path:
 def client(out_dir):
     import mlflow
     from mlflow import MlflowClient
+
     before = os.environ.get("MLFLOW_TRACKING_URI")
     yield MlflowClient(resolve_uri(make_cfg(out_dir)))
     # Tracker sets MLflow's global URI (and $MLFLOW_TRACKING_URI); do not leak it into other modules
@@ -48,6 +57,7 @@ def client(out_dir):
 def tracker(out_dir, client, request):
     """A tracker on the shared store, in an experiment named after the test."""
     import mlflow
+
     t = Tracker(make_cfg(out_dir, f"tracking.experiment={request.node.name}"))
     yield t
     assert mlflow.active_run() is None, "a run was left active"
@@ -111,12 +121,26 @@ def test_log_config_truncates_long_values(tracker, client):
 def test_log_metrics_history(tracker, client):
     with tracker.run("metrics") as run_id:
         for step, value in enumerate([0.5, float("nan"), 0.7, 0.9]):
-            tracker.log_metrics({"val_joint": value, "note": "text", "loss": np.float32(1.0 / (step + 1))},
-                                step=step)
-        tracker.log_metrics({"joint": torch.tensor(0.25), "inf": math.inf, "flag": np.bool_(True), "ok": True,
-                             "vec": np.zeros(2)}, prefix="test/")
+            tracker.log_metrics(
+                {"val_joint": value, "note": "text", "loss": np.float32(1.0 / (step + 1))},
+                step=step,
+            )
+        tracker.log_metrics(
+            {
+                "joint": torch.tensor(0.25),
+                "inf": math.inf,
+                "flag": np.bool_(True),
+                "ok": True,
+                "vec": np.zeros(2),
+            },
+            prefix="test/",
+        )
     history = client.get_metric_history(run_id, "val_joint")
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 0.5), (2, 0.7), (3, 0.9)]
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (0, 0.5),
+        (2, 0.7),
+        (3, 0.9),
+    ]
     metrics = client.get_run(run_id).data.metrics
     assert metrics["test/joint"] == 0.25 and "note" not in metrics
     assert not {"test/inf", "test/flag", "test/ok", "test/vec"} & set(metrics)
@@ -128,8 +152,12 @@ def test_log_confusion_dict_and_artifact(tracker, client, tmp_path):
     (tmp_path / "d" / "a.txt").write_text("a")
     (tmp_path / "f.txt").write_text("f")
     with tracker.run("plots") as run_id:
-        tracker.log_confusion([[5, 1, 0], [2, 7, 1], [0, 0, 9]], ["happy", "sad", "neutral"],
-                              "emotion (validation)", "confusion/emotion.png")
+        tracker.log_confusion(
+            [[5, 1, 0], [2, 7, 1], [0, 0, 9]],
+            ["happy", "sad", "neutral"],
+            "emotion (validation)",
+            "confusion/emotion.png",
+        )
         tracker.log_dict({"f1": np.float64(0.5), "n": 3, "arr": np.arange(2)}, "eval/report.json")
         tracker.log_artifact(tmp_path / "d", "dir")
         tracker.log_artifact(tmp_path / "f.txt")
@@ -150,7 +178,9 @@ def test_log_model_and_download(tracker, tmp_path):
     with tracker.run("model") as run_id:
         tracker.log_model(ckpt)
     local = download_model(f"runs:/{run_id}/model", str(tmp_path / "dst"))
-    assert Path(local).is_dir() and Path(local).resolve().is_relative_to((tmp_path / "dst").resolve())
+    assert Path(local).is_dir() and Path(local).resolve().is_relative_to(
+        (tmp_path / "dst").resolve()
+    )
     model, loaded_cfg, meta = checkpoint.load(local)
     assert meta["epoch"] == 3 and loaded_cfg.model == cfg.model
     loaded = model.state_dict()
@@ -158,11 +188,11 @@ def test_log_model_and_download(tracker, tmp_path):
     assert all(torch.equal(loaded[k], state[k]) for k in state)
 
 
-@pytest.mark.parametrize("overrides, rank", [(["tracking.enabled=false"], 0), ([], 1)])
-def test_disabled_and_non_zero_rank_write_nothing(tmp_path, overrides, rank):
+def test_disabled_tracker_writes_nothing(tmp_path):
     import mlflow
-    cfg = make_cfg(tmp_path / "fresh" / "o", *overrides)
-    t = Tracker(cfg, rank=rank)
+
+    cfg = make_cfg(tmp_path / "fresh" / "o", "tracking.enabled=false")
+    t = Tracker(cfg)
     with t.run("x") as run_id:
         with t.run("y", nested=True) as child:
             t.log_config(cfg)
@@ -179,12 +209,18 @@ def test_disabled_and_non_zero_rank_write_nothing(tmp_path, overrides, rank):
 def test_uris(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = default_uri("runs/demo")
-    assert uri == "sqlite:///" + str(tmp_path / "runs" / "mlflow.db") and uri.startswith("sqlite:////")
+    assert uri == "sqlite:///" + str(tmp_path / "runs" / "mlflow.db") and uri.startswith(
+        "sqlite:////"
+    )
     assert default_uri("runs/demo/") == uri
     assert resolve_uri(make_cfg("runs/demo")) == uri
-    assert resolve_uri(make_cfg("o", "tracking.uri=sqlite:///x/m.db")) == "sqlite:///" + str(tmp_path / "x" / "m.db")
+    assert resolve_uri(make_cfg("o", "tracking.uri=sqlite:///x/m.db")) == "sqlite:///" + str(
+        tmp_path / "x" / "m.db"
+    )
     assert resolve_uri(make_cfg("o", "tracking.uri=sqlite:////abs/m.db")) == "sqlite:////abs/m.db"
-    assert resolve_uri(make_cfg("o", "tracking.uri=http://127.0.0.1:5055")) == "http://127.0.0.1:5055"
+    assert (
+        resolve_uri(make_cfg("o", "tracking.uri=http://127.0.0.1:5055")) == "http://127.0.0.1:5055"
+    )
     for bad in ("file:///tmp/mlruns", "./mlruns", "mlruns"):
         with pytest.raises(ConfigError, match="file store is deprecated in MLflow 3.x.*sqlite"):
             resolve_uri(make_cfg("o", f"tracking.uri={bad}"))

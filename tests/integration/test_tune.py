@@ -1,8 +1,9 @@
-"""`meiju-ray tune`: a real 4-trial Tune sweep (ASHA, MLflow sqlite, a real `mlflow server`) and bad input.
+"""`meiju-ray tune`: a real 4-trial Tune sweep (ASHA, MLflow sqlite, `mlflow server`) and bad input.
 
 One sweep (module fixture) over pseudo.threshold x head split on the small world is shared by the
-assertions and the UI test; it takes ~1 minute here, mostly Tune's per-trial start-up.
+assertions and the UI test; it is the slow part, mostly Tune's per-trial start-up.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,28 +23,43 @@ from tests.conftest import REPO, SMALL_MODALITIES
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SWEEP = REPO / "experiments" / "sweep_smoke.yaml"
-MODS = "[" + ",".join("{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
-                      for m in SMALL_MODALITIES) + "]"
+MODS = (
+    "["
+    + ",".join(
+        "{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
+        for m in SMALL_MODALITIES
+    )
+    + "]"
+)
 
 
 def sweep_config(world: Path, out: Path, *overrides: str):
     """experiments/sweep_smoke.yaml pointed at a small-dims world."""
-    return load_config(SWEEP, [f"data.root={world}", f"output_dir={out}", f"data.modalities={MODS}", *overrides])
+    return load_config(
+        SWEEP, [f"data.root={world}", f"output_dir={out}", f"data.modalities={MODS}", *overrides]
+    )
 
 
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, small_world, tmp_path_factory):
-    """4 trials: pseudo.threshold {0.5, 0.95} x head split {4/2, 1/1}, 4 epochs, ASHA grace 1 / factor 2.
+    """4 trials: pseudo.threshold {0.5, 0.95} x head split {4/2, 1/1}, 4 epochs, ASHA.
 
-    The teacher is trained by run_tune itself (4 epochs). At threshold 0.5 about 50 pool rows join
-    the 340 gold rows, so those students take more steps per epoch and lead at ASHA's first rung;
-    trials run two at a time in grid order, so the 0.95 pair meets a rung that already holds the
-    0.5 pair and at least one of them is stopped after epoch 1.
+    ASHA has grace period 1 and reduction factor 2. The teacher is trained by run_tune itself
+    (4 epochs). At threshold 0.5 about 50 pool rows join the 340 gold rows, so those students take
+    more steps per epoch and lead at ASHA's first rung; trials run two at a time in grid order, so
+    the 0.95 pair meets a rung that already holds the 0.5 pair and at least one of them is stopped
+    after epoch 1.
     """
-    from meiju_ray.tune import run_tune
+    from meiju_ray.distributed.tune import run_tune
+
     root = tmp_path_factory.mktemp("sweep")
-    cfg = sweep_config(small_world, root / "runs" / "sweep", f"data.cache_dir={root / 'packed'}",
-                       "tracking.experiment=sweep-test", "tracking.register_model=meiju-sweep-test")
+    cfg = sweep_config(
+        small_world,
+        root / "runs" / "sweep",
+        f"data.cache_dir={root / 'packed'}",
+        "tracking.experiment=sweep-test",
+        "tracking.register_model=meiju-sweep-test",
+    )
     t0 = time.time()
     report = run_tune(cfg)
     return cfg, report, time.time() - t0
@@ -52,21 +68,26 @@ def sweep(ray_cluster, small_world, tmp_path_factory):
 def test_sweep_outputs_trials_and_mlflow_runs(sweep):
     from mlflow import MlflowClient
 
-    from meiju_ray import checkpoint
-    from meiju_ray.tracking import download_model
+    from meiju_ray.tracking.tracker import download_model
+    from meiju_ray.train import checkpoint
+
     cfg, report, seconds = sweep
     out = Path(cfg.output_dir)
     print(f"sweep of 4 trials: {seconds:.1f}s")
 
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 4 == report["n_trials"]
-    assert {(r["pseudo.threshold"], r["model.heads_emo_to_int"], r["model.heads_int_to_emo"]) for r in rows} == {
-        ("0.5", "4", "2"), ("0.5", "1", "1"), ("0.95", "4", "2"), ("0.95", "1", "1")}
+    assert {
+        (r["pseudo.threshold"], r["model.heads_emo_to_int"], r["model.heads_int_to_emo"])
+        for r in rows
+    } == {("0.5", "4", "2"), ("0.5", "1", "1"), ("0.95", "4", "2"), ("0.95", "1", "1")}
     stopped = [r for r in rows if r["stopped_early"] == "True"]
     assert stopped, "ASHA stopped no trial"
     assert all(int(r["iterations"]) < 4 for r in stopped)
     assert all(int(r["iterations"]) == 4 for r in rows if r["stopped_early"] == "False")
-    assert {int(r["n_pseudo"]) for r in rows if r["pseudo.threshold"] == "0.5"} != {0}  # re-thresholded per trial
+    assert {int(r["n_pseudo"]) for r in rows if r["pseudo.threshold"] == "0.5"} != {
+        0
+    }  # re-thresholded per trial
     assert all(r["error"] == "" for r in rows)
 
     # best.yaml is a ready-to-run experiment with the best values
@@ -77,10 +98,13 @@ def test_sweep_outputs_trials_and_mlflow_runs(sweep):
     best_row = next(r for r in rows if r["trial_id"] == report["best_trial_id"])
     assert best_row["stopped_early"] == "False"
     assert float(best_row["best_val_joint"]) == pytest.approx(report["best_metric"])
-    assert report["best_metric"] == pytest.approx(max(float(r["best_val_joint"]) for r in rows
-                                                     if r["stopped_early"] == "False"))
-    assert {Path(p).name for p in report["plots"]} == {"best_val_joint_vs_pseudo.threshold.png",
-                                                       "best_val_joint_vs_head_split.png"}
+    assert report["best_metric"] == pytest.approx(
+        max(float(r["best_val_joint"]) for r in rows if r["stopped_early"] == "False")
+    )
+    assert {Path(p).name for p in report["plots"]} == {
+        "best_val_joint_vs_pseudo.threshold.png",
+        "best_val_joint_vs_head_split.png",
+    }
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report["plots"])
 
     # MLflow: one FINISHED child run per trial under the sweep's parent, params = swept values
@@ -93,13 +117,20 @@ def test_sweep_outputs_trials_and_mlflow_runs(sweep):
     for row in rows:
         run = by_trial[row["trial_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
-        assert run.data.params == {"pseudo.threshold": row["pseudo.threshold"],
-                                   "model.heads_emo_to_int": row["model.heads_emo_to_int"],
-                                   "model.heads_int_to_emo": row["model.heads_int_to_emo"]}
+        assert run.data.params == {
+            "pseudo.threshold": row["pseudo.threshold"],
+            "model.heads_emo_to_int": row["model.heads_emo_to_int"],
+            "model.heads_int_to_emo": row["model.heads_int_to_emo"],
+        }
         history = client.get_metric_history(run.info.run_id, "val_joint")
-        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, int(row["iterations"]) + 1))
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
+            range(1, int(row["iterations"]) + 1)
+        )
         assert run.data.tags["stopped_early"] == row["stopped_early"].lower()
-    stages = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
+    stages = {
+        r.info.run_name: r
+        for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    }
     assert {"teacher", "pseudo_label"} <= set(stages)
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED"
@@ -110,22 +141,28 @@ def test_sweep_outputs_trials_and_mlflow_runs(sweep):
     assert "model" in {a.path for a in client.list_artifacts(best_run)}
     reg = report["mlflow"]["registered_model"]
     assert reg["name"] == "meiju-sweep-test" and reg["version"] >= 1
-    model_dir = download_model(reg["uri"], out.parent / "dl", tracking_uri=report["mlflow"]["tracking_uri"])
+    model_dir = download_model(
+        reg["uri"], out.parent / "dl", tracking_uri=report["mlflow"]["tracking_uri"]
+    )
     _, loaded, meta = checkpoint.load(model_dir)
     assert loaded.model.heads_emo_to_int == best.model.heads_emo_to_int
     assert meta["val"]["joint"] == pytest.approx(report["best_metric"])
 
 
 def test_existing_sweep_needs_resume_and_resume_of_a_finished_sweep_reports_again(sweep):
-    from meiju_ray.tune import run_tune
+    from meiju_ray.distributed.tune import run_tune
+
     cfg, report, _ = sweep
     with pytest.raises(ValueError, match="already exists.*--resume"):
         run_tune(cfg)
-    again = run_tune(cfg, resume=True)   # Tuner.restore: nothing left to run, same trials and best
+    again = run_tune(cfg, resume=True)  # Tuner.restore: nothing left to run, same trials and best
     assert again["best_trial_id"] == report["best_trial_id"] and again["n_trials"] == 4
     assert again["mlflow"]["parent_run_id"] == report["mlflow"]["parent_run_id"]
     with pytest.raises(ValueError, match="no sweep to resume"):
-        run_tune(load_config(SWEEP, [f"data.root={cfg.data.root}", f"output_dir={cfg.output_dir}x"]), resume=True)
+        run_tune(
+            load_config(SWEEP, [f"data.root={cfg.data.root}", f"output_dir={cfg.output_dir}x"]),
+            resume=True,
+        )
 
 
 def _free_port() -> int:
@@ -135,17 +172,25 @@ def _free_port() -> int:
 
 
 def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
 
 def test_mlflow_ui_server_lists_the_sweep_runs(sweep):
-    from meiju_ray.ui import server_command, server_env
+    from meiju_ray.tracking.ui import server_command, server_env
+
     cfg, report, _ = sweep
     port = _free_port()
-    proc = subprocess.Popen(server_command(report["mlflow"]["tracking_uri"], "127.0.0.1", port), env=server_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        server_command(report["mlflow"]["tracking_uri"], "127.0.0.1", port),
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         base, deadline = f"http://127.0.0.1:{port}", time.time() + 60
         while True:
@@ -158,13 +203,19 @@ def test_mlflow_ui_server_lists_the_sweep_runs(sweep):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline, "mlflow server did not come up in 60 s"
             time.sleep(0.5)
-        with urllib.request.urlopen(base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=sweep-test",
-                                    timeout=10) as resp:
+        with urllib.request.urlopen(
+            base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=sweep-test", timeout=10
+        ) as resp:
             exp_id = json.loads(resp.read())["experiment"]["experiment_id"]
         parent = report["mlflow"]["parent_run_id"]
-        runs = _post(base + "/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [exp_id], "filter": f"tags.sweep_parent = '{parent}'",
-                      "order_by": ["metrics.val_joint DESC"]})["runs"]
+        runs = _post(
+            base + "/api/2.0/mlflow/runs/search",
+            {
+                "experiment_ids": [exp_id],
+                "filter": f"tags.sweep_parent = '{parent}'",
+                "order_by": ["metrics.val_joint DESC"],
+            },
+        )["runs"]
         assert len(runs) == 4
         assert all(r["info"]["status"] == "FINISHED" for r in runs)
         names = {p["key"] for p in runs[0]["data"]["params"]}
@@ -178,58 +229,99 @@ def test_mlflow_ui_server_lists_the_sweep_runs(sweep):
             proc.wait(timeout=5)
 
 
-# ---- bad input: a ConfigError naming the key before any trial (or Ray) starts ------------------------
+# ---- bad input: a ConfigError naming the key before any trial (or Ray) starts --------------------
 
 
-@pytest.mark.parametrize("space, key", [
-    ("{model.headz: {choice: [1, 2]}}", "model.headz"),
-    ("{train.lr: {choice: [fast]}}", "train.lr"),
-    ("{split: {keys: [model.heads_emo_to_int, model.nope], grid: [[1, 1]]}}", "model.nope"),
-    ("{split: {keys: [model.heads_emo_to_int, model.heads_int_to_emo], choice: [[3, 1]]}}", "heads_emo_to_int"),
-    ("{data.root: {choice: [a, b]}}", "data.root"),
-])
+@pytest.mark.parametrize(
+    "space, key",
+    [
+        ("{model.headz: {choice: [1, 2]}}", "model.headz"),
+        ("{train.lr: {choice: [fast]}}", "train.lr"),
+        ("{split: {keys: [model.heads_emo_to_int, model.nope], grid: [[1, 1]]}}", "model.nope"),
+        (
+            "{split: {keys: [model.heads_emo_to_int, model.heads_int_to_emo], choice: [[3, 1]]}}",
+            "heads_emo_to_int",
+        ),
+        ("{data.root: {choice: [a, b]}}", "data.root"),
+    ],
+)
 def test_bad_search_space_key_fails_before_any_trial(tmp_path, space, key):
-    from meiju_ray.tune import run_tune
-    cfg = load_config(SWEEP, [f"data.root={tmp_path / 'no-world'}", f"output_dir={tmp_path / 'out'}",
-                              f"tune.search_space={space}"])
+    from meiju_ray.distributed.tune import run_tune
+
+    cfg = load_config(
+        SWEEP,
+        [
+            f"data.root={tmp_path / 'no-world'}",
+            f"output_dir={tmp_path / 'out'}",
+            f"tune.search_space={space}",
+        ],
+    )
     with pytest.raises(ConfigError, match=f"tune.search_space.*{key}"):
         run_tune(cfg)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("{uniform: [1, 0]}", r"tune.search_space.pseudo.threshold.uniform': needs lo < hi"),
-    ("{loguniform: [0, 1]}", r"tune.search_space.pseudo.threshold.loguniform': needs lo > 0"),
-    ("{uniform: [0.5]}", r"tune.search_space.pseudo.threshold.uniform': expected \[lo, hi\]"),
-    ("{choice: []}", r"tune.search_space.pseudo.threshold.choice': the list is empty"),
-    ("{normal: [0, 1]}", r"tune.search_space.pseudo.threshold': unknown distribution 'normal'"),
-    ("{choice: [0.5], uniform: [0, 1]}", r"tune.search_space.pseudo.threshold': expected exactly one"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{uniform: [1, 0]}", r"tune.search_space.pseudo.threshold.uniform': needs lo < hi"),
+        ("{loguniform: [0, 1]}", r"tune.search_space.pseudo.threshold.loguniform': needs lo > 0"),
+        ("{uniform: [0.5]}", r"tune.search_space.pseudo.threshold.uniform': expected \[lo, hi\]"),
+        ("{choice: []}", r"tune.search_space.pseudo.threshold.choice': the list is empty"),
+        ("{normal: [0, 1]}", r"tune.search_space.pseudo.threshold': unknown distribution 'normal'"),
+        (
+            "{choice: [0.5], uniform: [0, 1]}",
+            r"tune.search_space.pseudo.threshold': expected exactly one",
+        ),
+    ],
+)
 def test_bad_distribution_fails_at_load(tmp_path, spec, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(SWEEP, [f"output_dir={tmp_path}", f"tune.search_space={{pseudo.threshold: {spec}}}"])
+        load_config(
+            SWEEP, [f"output_dir={tmp_path}", f"tune.search_space={{pseudo.threshold: {spec}}}"]
+        )
 
 
 def test_bad_tune_settings_and_cli_exit_code(tmp_path, capsys):
     from meiju_ray.cli import main
-    for override, key in (("tune.scheduler=hyperband", "tune.scheduler"), ("tune.reduction_factor=1", "tune.reduction_factor"),
-                          ("tune.cpus_per_trial=0", "tune.cpus_per_trial"), ("tune.trial=teacher", "tune.trial")):
+
+    for override, key in (
+        ("tune.scheduler=hyperband", "tune.scheduler"),
+        ("tune.reduction_factor=1", "tune.reduction_factor"),
+        ("tune.cpus_per_trial=0", "tune.cpus_per_trial"),
+        ("tune.trial=teacher", "tune.trial"),
+    ):
         with pytest.raises(ConfigError, match=key):
             load_config(SWEEP, [override])
-    code = main(["tune", str(SWEEP), f"output_dir={tmp_path / 'out'}", "tune.search_space={model.headz: {grid: [1]}}"])
+    code = main(
+        [
+            "tune",
+            str(SWEEP),
+            f"output_dir={tmp_path / 'out'}",
+            "tune.search_space={model.headz: {grid: [1]}}",
+        ]
+    )
     assert code == 2 and "tune.search_space.model.headz" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_optuna_is_optional(tmp_path):
     import importlib.util
-    from meiju_ray.tune import run_tune
+
+    from meiju_ray.distributed.tune import run_tune
+
     with pytest.raises(ConfigError, match="grid is not supported with tune.search_alg=optuna"):
         load_config(SWEEP, ["tune.search_alg=optuna"])
     if importlib.util.find_spec("optuna") is not None:
         pytest.skip("optuna is installed")
-    cfg = load_config(SWEEP, [f"output_dir={tmp_path / 'out'}", "tune.search_alg=optuna",
-                              "tune.search_space={pseudo.threshold: {uniform: [0.5, 0.99]}}"])
+    cfg = load_config(
+        SWEEP,
+        [
+            f"output_dir={tmp_path / 'out'}",
+            "tune.search_alg=optuna",
+            "tune.search_space={pseudo.threshold: {uniform: [0.5, 0.99]}}",
+        ],
+    )
     with pytest.raises(ConfigError, match="optuna is not installed"):
         run_tune(cfg)
     assert not (tmp_path / "out").exists()

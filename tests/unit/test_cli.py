@@ -1,4 +1,5 @@
 """End to end through the real CLI: synth -> train -> evaluate -> predict, and bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -15,13 +16,27 @@ from meiju_ray.cli import main
 from meiju_ray.labels import EMOTIONS, INTENTS
 from tests.conftest import REPO, SMALL_MODALITIES
 
-MODS = "[" + ",".join("{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
-                      for m in SMALL_MODALITIES) + "]"
+MODS = (
+    "["
+    + ",".join(
+        "{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
+        for m in SMALL_MODALITIES
+    )
+    + "]"
+)
 
 
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["-q", "train", str(REPO / "experiments" / "smoke.yaml"), f"data.root={root}", f"output_dir={out}",
-            f"data.modalities={MODS}", f"data.cache_dir={out.parent / 'packed'}", *extra]
+    return [
+        "-q",
+        "train",
+        str(REPO / "experiments" / "smoke.yaml"),
+        f"data.root={root}",
+        f"output_dir={out}",
+        f"data.modalities={MODS}",
+        f"data.cache_dir={out.parent / 'packed'}",
+        *extra,
+    ]
 
 
 def test_synth_train_predict_end_to_end(small_world, tmp_path, capsys):
@@ -39,33 +54,55 @@ def test_synth_train_predict_end_to_end(small_world, tmp_path, capsys):
     assert main(["-q", "evaluate", "--checkpoint", str(out / "checkpoint"), "--json"]) == 0
     printed = capsys.readouterr().out.splitlines()
     evaluated = json.loads(printed[-1])
-    assert evaluated["joint"] == pytest.approx(metrics["joint"], abs=1e-9)  # same numbers as training saw
+    assert evaluated["joint"] == pytest.approx(
+        metrics["joint"], abs=1e-9
+    )  # same numbers as training saw
 
     sub = tmp_path / "submission.csv"
     assert main(["-q", "predict", "--checkpoint", str(out / "checkpoint"), "--out", str(sub)]) == 0
     rows = list(csv.reader(sub.open()))
     assert rows[0] == ["filename", "emo_pred", "int_pred"]
-    listed = [line.split()[0][:-4] for line in (small_world / "Annotation" / "Testing_files.txt").read_text().splitlines()]
+    listed = [
+        line.split()[0][:-4]
+        for line in (small_world / "Annotation" / "Testing_files.txt").read_text().splitlines()
+    ]
     assert [r[0] for r in rows[1:]] == listed  # one row per listed id, in list order
     assert all(r[1] in EMOTIONS and r[2] in INTENTS for r in rows[1:])
     # and the predictions are good against the hidden test labels, not just well-formed
-    truth = dict((l.split()[0], l.split()[1:]) for l in (small_world / "hidden" / "Testing_labels.txt").read_text().splitlines())
+    truth = dict(
+        (line.split()[0], line.split()[1:])
+        for line in (small_world / "hidden" / "Testing_labels.txt").read_text().splitlines()
+    )
     acc_int = np.mean([truth[r[0]][1] == r[2] for r in rows[1:]])
     assert acc_int > 0.3
 
 
 def test_small_pool_is_pseudo_labelled_in_process_without_starting_ray(small_world, tmp_path):
-    """A fresh process (as a user runs it): 120 pool rows < pseudo.in_process_below -> no Ray at all."""
+    """A fresh process (as a user runs it): 120 pool rows < pseudo.in_process_below -> no Ray."""
     out = tmp_path / "run"
     assert main(train_args(small_world, out, "train.epochs=3")) == 0
     exe = Path(sys.executable).parent / "meiju-ray"
     args = train_args(small_world, out)[2:]  # the same experiment + overrides, without "-q train"
-    res = subprocess.run([str(exe), "pseudo-label", *args, "pseudo.threshold=0.5", "--checkpoint",
-                          str(out / "checkpoint"), "--out", str(tmp_path / "pseudo")],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            str(exe),
+            "pseudo-label",
+            *args,
+            "pseudo.threshold=0.5",
+            "--checkpoint",
+            str(out / "checkpoint"),
+            "--out",
+            str(tmp_path / "pseudo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "pseudo" / "summary.json").read_text())
-    assert summary["engine"] == "in_process" and summary["n_rows"] == 120 and summary["n_selected"] > 0
+    assert (
+        summary["engine"] == "in_process" and summary["n_rows"] == 120 and summary["n_selected"] > 0
+    )
     assert "in this process" in res.stderr and "Ray cluster" not in res.stderr
 
 
@@ -86,12 +123,27 @@ def test_console_script_help():
 
 def test_pack_command(tiny_world, tmp_path, capsys):
     cfg = REPO / "experiments" / "smoke.yaml"
-    assert main(["-q", "pack", str(cfg), f"data.root={tiny_world}", f"data.modalities={MODS}",
-                 f"data.cache_dir={tmp_path / 'c'}", "--splits", "Training", "NoAnnotation"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "pack",
+                str(cfg),
+                f"data.root={tiny_world}",
+                f"data.modalities={MODS}",
+                f"data.cache_dir={tmp_path / 'c'}",
+                "--splits",
+                "Training",
+                "NoAnnotation",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "c").glob("*/manifest.json"))) == 2
 
 
 # ---- bad input: exit 2, one clear line, nothing half written ------------------------------------
+
 
 def run_bad(capsys, args: list[str]) -> str:
     capsys.readouterr()
@@ -128,12 +180,17 @@ def test_unknown_label_in_list(tiny_world, tmp_path, capsys):
     lst.write_text("\n".join(lines) + "\n")
     err = run_bad(capsys, train_args(world, tmp_path / "run"))
     assert f"{lst}:5: unknown emotion label 'joyful'" in err
-    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoint").exists()
+    assert (
+        not (tmp_path / "run" / "metrics.json").exists()
+        and not (tmp_path / "run" / "checkpoint").exists()
+    )
 
 
 def test_wrong_feature_dim(tiny_world, tmp_path, capsys):
     world = broken_world(tiny_world, tmp_path)
-    victim = sorted((world / "Annotation" / "features" / "ResNet-50").glob("Track1_Validation_*.npy"))[2]
+    victim = sorted(
+        (world / "Annotation" / "features" / "ResNet-50").glob("Track1_Validation_*.npy")
+    )[2]
     np.save(victim, np.zeros((3, 99), np.float32))
     err = run_bad(capsys, train_args(world, tmp_path / "run"))
     assert str(victim) in err and "D=99" in err
@@ -141,7 +198,9 @@ def test_wrong_feature_dim(tiny_world, tmp_path, capsys):
 
 def test_nan_and_missing_features(tiny_world, tmp_path, capsys):
     world = broken_world(tiny_world, tmp_path)
-    victim = sorted((world / "Annotation" / "features" / "wav2vec").glob("Track1_Training_*.npy"))[1]
+    victim = sorted((world / "Annotation" / "features" / "wav2vec").glob("Track1_Training_*.npy"))[
+        1
+    ]
     np.save(victim, np.full((3, 24), np.inf, np.float32))
     assert "NaN or Inf" in run_bad(capsys, train_args(world, tmp_path / "run"))
     victim.unlink()
@@ -150,7 +209,10 @@ def test_nan_and_missing_features(tiny_world, tmp_path, capsys):
 
 
 def test_predict_with_missing_checkpoint(tmp_path, capsys):
-    err = run_bad(capsys, ["predict", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "s.csv")])
+    err = run_bad(
+        capsys,
+        ["predict", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "s.csv")],
+    )
     assert "not a checkpoint directory" in err and not (tmp_path / "s.csv").exists()
 
 

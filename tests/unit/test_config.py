@@ -1,13 +1,29 @@
 """Experiment config: YAML + key=value overrides, type checks, validation, round trips."""
+
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 
+import pydantic
 import pytest
 import yaml
 
-from meiju_ray.config import (ConfigError, ExperimentConfig, ModalityConfig, flatten, load_config,
-                              parse_override, to_yaml)
+from meiju_ray.config import (
+    DEFAULT_MODALITIES,
+    ConfigError,
+    ExperimentConfig,
+    ModalityConfig,
+    PseudoLabelConfig,
+    TrainConfig,
+    choices,
+    flatten,
+    load_config,
+    parse_override,
+    to_yaml,
+    validate,
+)
 from tests.conftest import REPO
 
 SMOKE = REPO / "experiments" / "smoke.yaml"
@@ -28,7 +44,8 @@ def raises_naming(key: str, *overrides: str, path=SMOKE):
     return message
 
 
-# ---- loading and overrides ---------------------------------------------------------------------
+# ---- loading and overrides -----------------------------------------------------------------------
+
 
 def test_smoke_yaml_values_over_defaults():
     cfg = load()
@@ -46,9 +63,16 @@ def test_smoke_yaml_values_over_defaults():
 
 
 def test_nested_overrides_and_yaml_values():
-    cfg = load("model.hidden=64", "model.fusion_heads=4", "train.betas=[0.8, 0.95]",
-               "model.classifier=[16, 8]", "model.modality_embedding=false", "seed=7",
-               "model.encoder=lstm", "loss.label_smoothing=0.1")
+    cfg = load(
+        "model.hidden=64",
+        "model.fusion_heads=4",
+        "train.betas=[0.8, 0.95]",
+        "model.classifier=[16, 8]",
+        "model.modality_embedding=false",
+        "seed=7",
+        "model.encoder=lstm",
+        "loss.label_smoothing=0.1",
+    )
     assert cfg.model.hidden == 64 and cfg.model.fusion_heads == 4
     assert cfg.train.betas == [0.8, 0.95] and cfg.model.classifier == [16, 8]
     assert cfg.model.modality_embedding is False and cfg.seed == 7 and cfg.model.encoder == "lstm"
@@ -56,8 +80,14 @@ def test_nested_overrides_and_yaml_values():
 
 
 def test_override_replaces_modality_list():
-    cfg = load("data.modalities=[{name: A, folder: a, dim: 4}, {name: L, folder: txt, dim: 6, encoder: textcnn, max_len: 9}]")
-    assert cfg.data.modalities == [ModalityConfig("A", "a", 4), ModalityConfig("L", "txt", 6, "textcnn", 9)]
+    cfg = load(
+        "data.modalities=[{name: A, folder: a, dim: 4},"
+        " {name: L, folder: txt, dim: 6, encoder: textcnn, max_len: 9}]"
+    )
+    assert cfg.data.modalities == [
+        ModalityConfig("A", "a", 4),
+        ModalityConfig("L", "txt", 6, "textcnn", 9),
+    ]
     assert all(isinstance(m, ModalityConfig) for m in cfg.data.modalities)
 
 
@@ -84,15 +114,20 @@ def test_dict_field_wrong_type_raises_config_error(value):
 
 
 def test_bool_class_threshold_rejected():
-    raises_naming("pseudo.class_thresholds.emotion.fear", "pseudo.class_thresholds={emotion: {fear: true}}")
+    raises_naming(
+        "pseudo.class_thresholds.emotion.fear", "pseudo.class_thresholds={emotion: {fear: true}}"
+    )
 
 
 def test_class_thresholds_checked():
     cfg = load("pseudo.class_thresholds={emotion: {fear: 0.85}, intent: {wishing: 1}}")
     assert cfg.pseudo.class_thresholds == {"emotion": {"fear": 0.85}, "intent": {"wishing": 1}}
-    raises_naming("pseudo.class_thresholds.emotion.joy", "pseudo.class_thresholds={emotion: {joy: 0.9}}")
-    raises_naming("pseudo.class_thresholds.emotion.fear", "pseudo.class_thresholds={emotion: {fear: 1.5}}")
-    raises_naming("pseudo.class_thresholds.emotion.fear", "pseudo.class_thresholds={emotion: {fear: high}}")
+    for override, key in [
+        ("{emotion: {joy: 0.9}}", "emotion.joy"),
+        ("{emotion: {fear: 1.5}}", "emotion.fear"),
+        ("{emotion: {fear: high}}", "emotion.fear"),
+    ]:
+        raises_naming(f"pseudo.class_thresholds.{key}", f"pseudo.class_thresholds={override}")
     raises_naming("pseudo.class_thresholds.topic", "pseudo.class_thresholds={topic: {a: 0.5}}")
 
 
@@ -119,15 +154,22 @@ def test_override_into_scalar_is_not_a_section():
 
 # ---- unknown keys and wrong types name the dotted key --------------------------------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("learning_rate=0.1", "learning_rate"),
-    ("model.hiden=64", "model.hiden"),
-    ("train.optim.lr=0.1", "train.optim"),
-    ("scaling.workers=2", "scaling.workers"),
-    ("data.modalities=[{name: A, folder: a, dim: 4, size: 3}]", "data.modalities[0].size"),
-    ("data.modalities=[{name: A, folder: a, dim: 4}, {name: V, folder: v, dim: 2, encodr: lstm}]",
-     "data.modalities[1].encodr"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("learning_rate=0.1", "learning_rate"),
+        ("model.hiden=64", "model.hiden"),
+        ("train.optim.lr=0.1", "train.optim"),
+        ("scaling.workers=2", "scaling.workers"),
+        ("data.modalities=[{name: A, folder: a, dim: 4, size: 3}]", "data.modalities[0].size"),
+        (
+            "data.modalities=[{name: A, folder: a, dim: 4}, "
+            "{name: V, folder: v, dim: 2, encodr: lstm}]",
+            "data.modalities[1].encodr",
+        ),
+    ],
+)
 def test_unknown_key_raises_naming_it(override, key):
     message = raises_naming(key, override)
     assert "unknown config key" in message
@@ -135,68 +177,174 @@ def test_unknown_key_raises_naming_it(override, key):
 
 def test_unknown_key_in_yaml_file_names_file_and_key(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("model:\n  hidden: 16\n  fusion_heads: 2\n  heads_emo_to_int: 2\n  heads_int_to_emo: 2\n"
-                    "train:\n  epochz: 3\n")
+    path.write_text(
+        "model:\n  hidden: 16\n  fusion_heads: 2\n  heads_emo_to_int: 2\n"
+        "  heads_int_to_emo: 2\ntrain:\n  epochz: 3\n"
+    )
     message = raises_naming("train.epochz", path=path)
     assert str(path) in message
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.epochs=abc", "train.epochs"),           # str into int
-    ("train.epochs=2.5", "train.epochs"),           # non-integral float into int
-    ("train.epochs=true", "train.epochs"),          # bool into int
-    ("seed=[1, 2]", "seed"),                        # list into int
-    ("model.encoder=[pool]", "model.encoder"),      # list into str
-    ("model.encoder=3", "model.encoder"),           # int into str
-    ("output_dir={a: 1}", "output_dir"),            # mapping into str
-    ("train.lr=fast", "train.lr"),                  # str into float
-    ("train.lr=true", "train.lr"),                  # bool into float
-    ("model.modality_embedding=1", "model.modality_embedding"),  # int into bool
-    ("model.classifier=64", "model.classifier"),    # scalar into list
-    ("train.betas=[0.9, x]", "train.betas[1]"),     # bad list item
-    ("data.modalities=[{name: A, folder: a, dim: four}]", "data.modalities[0].dim"),
-    ("data.modalities=[{name: A, folder: a, dim: 4}, 7]", "data.modalities[1]"),
-    ("model=3", "model"),                           # scalar where a section is expected
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epochs=abc", "train.epochs"),  # str into int
+        ("train.epochs=2.5", "train.epochs"),  # non-integral float into int
+        ("train.epochs=true", "train.epochs"),  # bool into int
+        ("seed=[1, 2]", "seed"),  # list into int
+        ("model.encoder=[pool]", "model.encoder"),  # list into str
+        ("model.encoder=3", "model.encoder"),  # int into str
+        ("output_dir={a: 1}", "output_dir"),  # mapping into str
+        ("train.lr=fast", "train.lr"),  # str into float
+        ("train.lr=true", "train.lr"),  # bool into float
+        ("model.modality_embedding=1", "model.modality_embedding"),  # int into bool
+        ("model.classifier=64", "model.classifier"),  # scalar into list
+        ("train.betas=[0.9, x]", "train.betas[1]"),  # bad list item
+        ("data.modalities=[{name: A, folder: a, dim: four}]", "data.modalities[0].dim"),
+        ("data.modalities=[{name: A, folder: a, dim: 4}, 7]", "data.modalities[1]"),
+        ("model=3", "model"),  # scalar where a section is expected
+    ],
+)
 def test_wrong_type_raises_naming_key(override, key):
     raises_naming(key, override)
 
 
 def test_wrong_type_message_for_section_and_missing_field():
-    with pytest.raises(ConfigError, match=r"^.*model: expected a mapping, got int"):
+    with pytest.raises(ConfigError, match=r"^.*config key 'model': expected a mapping, got 3$"):
         load_config(SMOKE, [*REQ, "model=3"])
-    # a modality item lacking a required field names the item
-    with pytest.raises(ConfigError, match=re.escape("data.modalities[0]")):
+    # a modality item lacking a required field names the item and the field
+    with pytest.raises(ConfigError, match=re.escape("'data.modalities[0].dim': required")):
         load_config(SMOKE, [*REQ, "data.modalities=[{name: A, folder: a}]"])
+
+
+def test_choice_error_names_key_and_allowed_values():
+    message = raises_naming("model.preset", "model.preset=fancy")
+    assert message.endswith(
+        "config key 'model.preset': expected 'paper' or 'baseline', got 'fancy'"
+    )
+    message = raises_naming(
+        "data.modalities[0].encoder", "data.modalities=[{name: A, folder: a, dim: 4, encoder: gru}]"
+    )
+    assert "'', 'lstm', 'textcnn', 'pool' or 'attn'" in message
+
+
+def test_type_error_names_key_expected_type_and_value():
+    assert raises_naming("train.epochs", "train.epochs=many").endswith(
+        "config key 'train.epochs': expected int, got 'many'"
+    )  # as test_cli.py expects
+    assert raises_naming("train.lr", "train.lr=true").endswith(
+        "config key 'train.lr': expected a number (not a bool), got True"
+    )
+
+
+def test_range_error_names_key_and_bound():
+    assert raises_naming("train.lr", "train.lr=-1").endswith(
+        "config key 'train.lr': expected a number > 0, got -1"
+    )
+    assert raises_naming("model.dropout", "model.dropout=1").endswith(
+        "config key 'model.dropout': expected a number < 1, got 1"
+    )
+
+
+def test_unknown_key_lists_the_valid_keys_of_its_section():
+    valid = ", ".join(sorted(f.name for f in dataclasses.fields(TrainConfig)))
+    assert raises_naming("train.lrr", "train.lrr=1").endswith(
+        f"unknown config key 'train.lrr' (valid keys here: {valid})"
+    )
+    assert valid.startswith("amp, batch_size, betas")
+    message = raises_naming(
+        "data.modalities[0].size", "data.modalities=[{name: A, folder: a, dim: 4, size: 3}]"
+    )
+    assert message.endswith("(valid keys here: dim, encoder, folder, max_len, name)")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.epochs=abc",
+        "train.lrr=1",
+        "model.preset=fancy",
+        "train.lr=-1",
+        "model=3",
+        "data.modalities=[{name: A, folder: a}]",
+        "model.hidden=31",
+        "tune.search_space={a: {}}",
+        "data.modalities=[{name: A, folder: a, dim: 0}, {name: A, folder: b, dim: -1}]",
+    ],
+)
+def test_errors_are_one_line_config_errors(override):
+    with pytest.raises(ConfigError) as info:
+        load(override)
+    assert not isinstance(info.value, pydantic.ValidationError)
+    assert "\n" not in str(info.value) and "pydantic" not in str(info.value)
+    assert str(info.value).startswith(f"{SMOKE}: ")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epochs='3'", "train.epochs"),  # a numeric string is not an int
+        ("train.track=true", "train.track"),  # True == 1 in Python, still no bool for an int
+        ("train.track=2.5", "train.track"),
+        ("train.lr=.inf", "train.lr"),
+        ("pseudo.threshold=1.5", "pseudo.threshold"),
+    ],
+)
+def test_more_wrong_values_raise_naming_key(override, key):
+    raises_naming(key, override)
+
+
+@pytest.mark.parametrize("key", ["train.grad_clip", "train.patience"])
+def test_negative_grad_clip_and_patience_rejected(key):
+    assert raises_naming(key, f"{key}=-1").endswith(f"'{key}': expected a number >= 0, got -1")
+    assert flatten(load(f"{key}=0").to_dict())[key] == 0
+
+
+def test_track_accepts_its_choices():
+    assert load("train.track=2").train.track == 2
+    assert type(load("train.track=2.0").train.track) is int
 
 
 # ---- value validation ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("model.sharing=both", "model.sharing"),
-    ("model.preset=fancy", "model.preset"),
-    ("model.encoder=gru", "model.encoder"),
-    ("model.interaction=cross", "model.interaction"),
-    ("model.intent_fusion=max", "model.intent_fusion"),
-    ("loss.class_weights=inverse", "loss.class_weights"),
-    ("train.schedule=step", "train.schedule"),
-    ("train.track=3", "train.track"),
-    ("model.heads_emo_to_int=3", "model.heads_emo_to_int"),
-    ("model.heads_int_to_emo=0", "model.heads_int_to_emo"),
-    ("model.fusion_heads=5", "model.fusion_heads"),
-    ("model.dropout=1.0", "model.dropout"),
-    ("model.input_dropout=-0.1", "model.input_dropout"),
-    ("loss.label_smoothing=1", "loss.label_smoothing"),
-    ("train.betas=[0.9]", "train.betas"),
-    ("scaling.num_workers=-1", "scaling.num_workers"),
-    ("data.modalities=[]", "data.modalities"),
-    ("data.modalities=[{name: A, folder: a, dim: 4}, {name: A, folder: b, dim: 2}]", "data.modalities"),
-    ("data.modalities=[{name: A, folder: a, dim: 0}]", "data.modalities[0].dim"),
-    ("data.modalities=[{name: A, folder: a, dim: 4, encoder: gru}]", "data.modalities[0].encoder"),
-    ("data.modalities=[{name: A, folder: a, dim: 4, max_len: -1}]", "data.modalities[0].max_len"),
-    ("data.emotion_labels=[happy]", "data.emotion_labels"),
-    ("data.intent_labels=[a, b, a]", "data.intent_labels"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.sharing=both", "model.sharing"),
+        ("model.preset=fancy", "model.preset"),
+        ("model.encoder=gru", "model.encoder"),
+        ("model.interaction=cross", "model.interaction"),
+        ("model.intent_fusion=max", "model.intent_fusion"),
+        ("loss.class_weights=inverse", "loss.class_weights"),
+        ("train.schedule=step", "train.schedule"),
+        ("train.track=3", "train.track"),
+        ("model.heads_emo_to_int=3", "model.heads_emo_to_int"),
+        ("model.heads_int_to_emo=0", "model.heads_int_to_emo"),
+        ("model.fusion_heads=5", "model.fusion_heads"),
+        ("model.dropout=1.0", "model.dropout"),
+        ("model.input_dropout=-0.1", "model.input_dropout"),
+        ("loss.label_smoothing=1", "loss.label_smoothing"),
+        ("train.betas=[0.9]", "train.betas"),
+        ("scaling.num_workers=-1", "scaling.num_workers"),
+        ("data.modalities=[]", "data.modalities"),
+        (
+            "data.modalities=[{name: A, folder: a, dim: 4}, {name: A, folder: b, dim: 2}]",
+            "data.modalities",
+        ),
+        ("data.modalities=[{name: A, folder: a, dim: 0}]", "data.modalities[0].dim"),
+        (
+            "data.modalities=[{name: A, folder: a, dim: 4, encoder: gru}]",
+            "data.modalities[0].encoder",
+        ),
+        (
+            "data.modalities=[{name: A, folder: a, dim: 4, max_len: -1}]",
+            "data.modalities[0].max_len",
+        ),
+        ("data.emotion_labels=[happy]", "data.emotion_labels"),
+        ("data.intent_labels=[a, b, a]", "data.intent_labels"),
+    ],
+)
 def test_bad_values_raise_naming_key(override, key):
     raises_naming(key, override)
 
@@ -215,7 +363,9 @@ def test_nan_learning_rate_rejected():
     raises_naming("train.lr", "train.lr=.nan")
 
 
-@pytest.mark.parametrize("override", ["train.epochs=0", "train.batch_size=0", "train.lr=0", "train.lr=-0.1"])
+@pytest.mark.parametrize(
+    "override", ["train.epochs=0", "train.batch_size=0", "train.lr=0", "train.lr=-0.1"]
+)
 def test_train_ranges(override):
     with pytest.raises(ConfigError, match="train"):
         load(override)
@@ -223,15 +373,18 @@ def test_train_ranges(override):
 
 # ---- required keys -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("missing, present", [("data.root", "output_dir=/o"), ("output_dir", "data.root=/r")])
+
+@pytest.mark.parametrize(
+    "missing, present", [("data.root", "output_dir=/o"), ("output_dir", "data.root=/r")]
+)
 def test_required_keys(tmp_path, missing, present):
     path = tmp_path / "exp.yaml"
     path.write_text("model:\n  hidden: 32\n")
     with pytest.raises(ConfigError, match=re.escape(f"'{missing}' must be set")):
         load_config(path, [present])
     with pytest.raises(ConfigError, match=re.escape(f"'{missing}' must be set")):
-        load_config(path, [present, f"{missing}="])   # explicitly empty is still missing
-    cfg = load_config(path, [present], require=False)   # fine when not required
+        load_config(path, [present, f"{missing}="])  # explicitly empty is still missing
+    cfg = load_config(path, [present], require=False)  # fine when not required
     assert cfg.model.hidden == 32
     assert load_config(path, [present, f"{missing}=/x"]).model.hidden == 32
 
@@ -255,14 +408,25 @@ def test_no_file_only_overrides():
     assert cfg.train.epochs == ExperimentConfig().train.epochs  # defaults everywhere else
 
 
-# ---- round trips and flatten ----------------------------------------------------------------------
+# ---- round trips and flatten ---------------------------------------------------------------------
+
 
 def test_to_dict_from_dict_round_trip_is_lossless():
-    cfg = load("data.modalities=[{name: A, folder: a, dim: 4, encoder: lstm, max_len: 50}, {name: L, folder: l, dim: 8}]",
-               "model.sharing=per_task", "model.intent_fusion=average", "train.betas=[0.5, 0.9]",
-               "loss.aux_weight=0.3", "scaling.cpus_per_worker=1.5", "seed=11", "train.track=2",
-               "pseudo.rule=classwise", "pseudo.class_thresholds={emotion: {fear: 0.85, sad: 0.9}}",
-               "tracking.enabled=false", "ray.num_cpus=2")
+    cfg = load(
+        "data.modalities=[{name: A, folder: a, dim: 4, encoder: lstm, max_len: 50},"
+        " {name: L, folder: l, dim: 8}]",
+        "model.sharing=per_task",
+        "model.intent_fusion=average",
+        "train.betas=[0.5, 0.9]",
+        "loss.aux_weight=0.3",
+        "scaling.cpus_per_worker=1.5",
+        "seed=11",
+        "train.track=2",
+        "pseudo.rule=classwise",
+        "pseudo.class_thresholds={emotion: {fear: 0.85, sad: 0.9}}",
+        "tracking.enabled=false",
+        "ray.num_cpus=2",
+    )
     values = cfg.to_dict()
     again = ExperimentConfig.from_dict(values)
     assert again == cfg
@@ -277,6 +441,12 @@ def test_to_dict_from_dict_round_trip_is_lossless():
     assert cfg.data.modalities[0].dim == 4 and cfg.train.betas[0] == 0.5
 
 
+def test_to_dict_is_plain_json_data():
+    values = load("pseudo.class_thresholds={emotion: {fear: 0.85}}").to_dict()
+    assert json.loads(json.dumps(values)) == values
+    assert type(values["data"]["modalities"][0]) is dict and type(values["train"]["lr"]) is float
+
+
 def test_from_dict_validates():
     values = ExperimentConfig().to_dict()
     values["model"]["sharing"] = "both"
@@ -289,9 +459,17 @@ def test_from_dict_validates():
 
 
 def test_flatten():
-    assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": []}) == \
-        {"a.b": 1, "a.c.d": "x", "e": [1, 2], "f": []}
-    assert flatten({"m": [{"n": "A", "k": {"z": 1}}, {"n": "V"}]}) == {"m.0.n": "A", "m.0.k.z": 1, "m.1.n": "V"}
+    assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": []}) == {
+        "a.b": 1,
+        "a.c.d": "x",
+        "e": [1, 2],
+        "f": [],
+    }
+    assert flatten({"m": [{"n": "A", "k": {"z": 1}}, {"n": "V"}]}) == {
+        "m.0.n": "A",
+        "m.0.k.z": 1,
+        "m.1.n": "V",
+    }
     flat = flatten(load().to_dict())
     assert flat["model.hidden"] == 32 and flat["train.betas"] == [0.9, 0.999]
     assert flat["data.modalities.0.name"] == "A" and flat["data.modalities.2.dim"] == 768
@@ -300,7 +478,7 @@ def test_flatten():
     assert "data.modalities" not in flat and "model" not in flat
 
 
-# ---- every experiment in the repo loads -----------------------------------------------------------
+# ---- every experiment in the repo loads ----------------------------------------------------------
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 
@@ -315,3 +493,119 @@ def test_every_experiment_loads(path):
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.data.root == "x" and cfg.output_dir == "y"
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ---- semi-supervised sections --------------------------------------------------------------------
+
+
+def test_new_sections_load_from_yaml_with_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "augment:\n  modality_dropout: 0.1\n  apply_to: pseudo\n"
+        "pseudo:\n  rule: quantile\n  quantile: 0.7\n  targets: soft\n"
+        "  soft_temperature: 0.5\n  align: true\n"
+        "  student_init: teacher\n"
+    )
+    cfg = load_config(path, [*REQ, "augment.frame_mask=0.2"])
+    assert (cfg.augment.modality_dropout, cfg.augment.frame_mask, cfg.augment.apply_to) == (
+        0.1,
+        0.2,
+        "pseudo",
+    )
+    assert cfg.augment.feature_dropout == cfg.augment.gaussian_mix == 0.0
+    p = cfg.pseudo
+    assert (
+        p.rule,
+        p.quantile,
+        p.targets,
+        p.soft_temperature,
+        p.align,
+        p.student_init,
+    ) == ("quantile", 0.7, "soft", 0.5, True, "teacher")
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_new_section_defaults():
+    cfg = ExperimentConfig()
+    assert cfg.augment.apply_to == "all"
+    assert (cfg.pseudo.targets, cfg.pseudo.student_init) == ("hard", "scratch")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("augment.frame_mask=1", "augment.frame_mask"),
+        ("augment.gaussian_mix=-0.1", "augment.gaussian_mix"),
+        ("augment.apply_to=gold", "augment.apply_to"),
+        ("augment.noise=0.1", "augment.noise"),
+        ("pseudo.quantile=0", "pseudo.quantile"),
+        ("pseudo.quantile=1", "pseudo.quantile"),
+        ("pseudo.targets=mixed", "pseudo.targets"),
+        ("pseudo.soft_temperature=0", "pseudo.soft_temperature"),
+        ("pseudo.student_init=best", "pseudo.student_init"),
+    ],
+)
+def test_new_fields_checked(override, key):
+    raises_naming(key, override)
+
+
+# ---- choices, construction in code, replace ------------------------------------------------------
+
+
+def test_choices_come_from_the_field_types():
+    assert choices("model.encoder") == ("lstm", "textcnn", "pool", "attn")
+    assert choices("data.modalities.encoder") == ("", *choices("model.encoder"))
+    assert choices("pseudo.rule") == (
+        "per_task",
+        "joint",
+        "classwise",
+        "topk",
+        "adaptive",
+        "quantile",
+    )
+    assert choices("train.track") == (1, 2) and choices("augment.apply_to") == ("pseudo", "all")
+    for key in ("model.hidden", "model.nope", "nope", "model.hidden.x"):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            choices(key)
+
+
+def test_sections_built_in_code_are_validated():
+    assert ModalityConfig("A", "wav2vec", 512) == DEFAULT_MODALITIES[0]
+    assert PseudoLabelConfig(threshold=1).threshold == 1.0
+    with pytest.raises(ConfigError, match=r"^config key 'train.lr': expected a number > 0, got 0$"):
+        TrainConfig(lr=0)
+    with pytest.raises(ConfigError, match=r"^unknown config key 'pseudo.rules'"):
+        PseudoLabelConfig(rules="topk")
+    with pytest.raises(ConfigError, match=r"'ModalityConfig.dim'"):
+        ModalityConfig("A", "a", 0)
+
+
+def test_dataclasses_replace_still_validates():
+    cfg = load()
+    faster = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1))
+    assert type(faster.train.lr) is float and faster.train.lr == 1.0 and cfg.train.lr != 1.0
+    with pytest.raises(ConfigError, match=r"^config key 'train.lr': expected a number > 0"):
+        dataclasses.replace(cfg.train, lr=-1)
+    with pytest.raises(ConfigError, match=r"'model.fusion_heads': 2 heads must divide .*=31$"):
+        dataclasses.replace(cfg.model, hidden=31)
+    with pytest.raises(ConfigError, match=r"'pseudo.class_thresholds.emotion.joy'"):
+        dataclasses.replace(cfg, pseudo=PseudoLabelConfig(class_thresholds={"emotion": {"joy": 1}}))
+    with pytest.raises(ConfigError, match=r"^unknown config key 'seeds'"):
+        dataclasses.replace(cfg, seeds=1)
+
+
+def test_validate_catches_changes_made_in_place():
+    cfg = load()
+    validate(cfg)
+    cfg.train.patience = -2
+    with pytest.raises(ConfigError, match=r"'train.patience'"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"'train.patience'"):  # nested sections are re-checked
+        dataclasses.replace(cfg, seed=1)
+
+
+def test_from_dict_copies_section_objects():
+    source = ModalityConfig("A", "a", 4)
+    cfg = ExperimentConfig.from_dict({"data": {"modalities": [source]}})
+    cfg.data.modalities[0].dim = 99
+    assert source.dim == 4 and cfg.data.modalities == [ModalityConfig("A", "a", 99)]

@@ -1,4 +1,5 @@
 """Layout reading, feature checks, packing cache and batching/masking."""
+
 from __future__ import annotations
 
 import os
@@ -9,17 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from meiju_ray.batching import BufferPool, batch_order, collate, iter_batches
 from meiju_ray.config import DataConfig, ModalityConfig
+from meiju_ray.data.batching import BufferPool, batch_order, collate, iter_batches
+from meiju_ray.data.layout import DataError, load_feature, read_split_list, unlabeled_list
+from meiju_ray.data.packing import MANIFEST, cache_root, load_split, pack_split
 from meiju_ray.labels import EMOTIONS, INTENTS
-from meiju_ray.layout import DataError, load_feature, read_split_list, unlabeled_list
-from meiju_ray.packing import MANIFEST, cache_root, load_split, pack_split
 from tests.conftest import SMALL_MODALITIES
 
 
 def data_cfg(root: Path, cache: Path | None = None) -> DataConfig:
-    return DataConfig(root=str(root), modalities=[ModalityConfig(**m) for m in SMALL_MODALITIES],
-                      cache_dir=str(cache) if cache else "", shard_rows=5)
+    return DataConfig(
+        root=str(root),
+        modalities=[ModalityConfig(**m) for m in SMALL_MODALITIES],
+        cache_dir=str(cache) if cache else "",
+        rows_per_shard=5,
+    )
 
 
 def write_list(path: Path, text: str) -> Path:
@@ -29,32 +34,60 @@ def write_list(path: Path, text: str) -> Path:
 
 # ---- list files ------------------------------------------------------------------------------
 
+
 def test_list_formats(tmp_path):
-    official = read_split_list(write_list(tmp_path / "a.txt", "x1.mp4 happy questioning\nx2.mp4 Anger neutral\n"),
-                               list(EMOTIONS), list(INTENTS))
+    official = read_split_list(
+        write_list(tmp_path / "a.txt", "x1.mp4 happy questioning\nx2.mp4 Anger neutral\n"),
+        list(EMOTIONS),
+        list(INTENTS),
+    )
     assert official.ids == ["x1", "x2"]
     assert official.emotion.tolist() == [0, 4] and official.intent.tolist() == [0, 7]
-    plain = read_split_list(write_list(tmp_path / "b.txt", "x1 sad wishing\n\n# comment\n"), list(EMOTIONS), list(INTENTS))
+    plain = read_split_list(
+        write_list(tmp_path / "b.txt", "x1 sad wishing\n\n# comment\n"),
+        list(EMOTIONS),
+        list(INTENTS),
+    )
     assert plain.ids == ["x1"] and plain.emotion.tolist() == [2] and plain.intent.tolist() == [6]
-    ids_only = read_split_list(write_list(tmp_path / "c.txt", "FileName\nt1.mp4\nt2.mp4\n"), list(EMOTIONS), list(INTENTS))
+    ids_only = read_split_list(
+        write_list(tmp_path / "c.txt", "FileName\nt1.mp4\nt2.mp4\n"), list(EMOTIONS), list(INTENTS)
+    )
     assert ids_only.ids == ["t1", "t2"] and (ids_only.emotion == -1).all() and not ids_only.labelled
-    missing = read_split_list(write_list(tmp_path / "d.txt", "m1 happy -\n"), list(EMOTIONS), list(INTENTS))
+    missing = read_split_list(
+        write_list(tmp_path / "d.txt", "m1 happy -\n"), list(EMOTIONS), list(INTENTS)
+    )
     assert missing.intent.tolist() == [-1] and missing.emotion.tolist() == [0]
 
 
 def test_custom_label_sets(tmp_path):
     acts = ["inform", "question", "directive", "commissive"]
-    lst = read_split_list(write_list(tmp_path / "a.txt", "d1 neutral question\nd2 happy commissive\n"), list(EMOTIONS), acts)
+    lst = read_split_list(
+        write_list(tmp_path / "a.txt", "d1 neutral question\nd2 happy commissive\n"),
+        list(EMOTIONS),
+        acts,
+    )
     assert lst.intent.tolist() == [1, 3]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("x1.mp4 happy questioning\nx2.mp4 joyful neutral\n", r"a\.txt:2: unknown emotion label 'joyful'"),
-    ("x1.mp4 happy questioning\nx2.mp4 happy pondering\n", r"a\.txt:2: unknown intent label 'pondering'"),
-    ("x1.mp4 happy\n", r"a\.txt:1: expected '<id> <emotion> <intent>'"),
-    ("x1.mp4 happy neutral\nx1.mp4 sad neutral\n", r"a\.txt:2: duplicate id 'x1' \(first on line 1\)"),
-    ("\n\n", r"no utterances listed"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "x1.mp4 happy questioning\nx2.mp4 joyful neutral\n",
+            r"a\.txt:2: unknown emotion label 'joyful'",
+        ),
+        (
+            "x1.mp4 happy questioning\nx2.mp4 happy pondering\n",
+            r"a\.txt:2: unknown intent label 'pondering'",
+        ),
+        ("x1.mp4 happy\n", r"a\.txt:1: expected '<id> <emotion> <intent>'"),
+        (
+            "x1.mp4 happy neutral\nx1.mp4 sad neutral\n",
+            r"a\.txt:2: duplicate id 'x1' \(first on line 1\)",
+        ),
+        ("\n\n", r"no utterances listed"),
+    ],
+)
 def test_bad_list_files_name_the_line(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         read_split_list(write_list(tmp_path / "a.txt", text), list(EMOTIONS), list(INTENTS))
@@ -67,12 +100,16 @@ def test_missing_list_file(tmp_path):
 
 # ---- feature files ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((5, 7), np.float32), r"feature dim D=7 but .* says dim=4"),
-    (np.full((3, 4), np.nan, np.float32), "NaN or Inf"),
-    (np.zeros((0, 4), np.float32), "T=0"),
-    (np.zeros((2, 3, 4), np.float32), "expected a 2-D"),
-])
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((5, 7), np.float32), r"feature dim D=7 but .* says dim=4"),
+        (np.full((3, 4), np.nan, np.float32), "NaN or Inf"),
+        (np.zeros((0, 4), np.float32), "T=0"),
+        (np.zeros((2, 3, 4), np.float32), "expected a 2-D"),
+    ],
+)
 def test_bad_feature_files(tmp_path, array, message):
     path = tmp_path / "u.npy"
     np.save(path, array)
@@ -102,17 +139,24 @@ def test_max_len_subsamples_and_t1_zero_rows(tmp_path):
 
 # ---- packing ---------------------------------------------------------------------------------
 
+
 def test_pack_roundtrip_matches_npy(tiny_world, tmp_path):
     cfg = data_cfg(tiny_world, tmp_path / "cache")
     split = load_split(cfg, "Training")
-    lst = read_split_list(tiny_world / "Annotation" / "Training_files.txt", list(EMOTIONS), list(INTENTS))
+    lst = read_split_list(
+        tiny_world / "Annotation" / "Training_files.txt", list(EMOTIONS), list(INTENTS)
+    )
     assert split.ids == lst.ids
     assert (split.emotion == lst.emotion).all() and (split.intent == lst.intent).all()
     for i in (0, 7, len(split) - 1):
         for m in cfg.modalities:
-            expected = np.load(tiny_world / "Annotation" / "features" / m.folder / f"{split.ids[i]}.npy")
+            expected = np.load(
+                tiny_world / "Annotation" / "features" / m.folder / f"{split.ids[i]}.npy"
+            )
             np.testing.assert_array_equal(split.frames(m.name, i), expected)
-    assert len(list((tmp_path / "cache").glob("Training-*/part-*.parquet"))) == 3  # 14 rows / 5 per shard
+    assert (
+        len(list((tmp_path / "cache").glob("Training-*/part-*.parquet"))) == 3
+    )  # 14 rows / 5 per shard
 
 
 def test_pack_cache_reused_and_invalidated(tiny_world, tmp_path):
@@ -136,7 +180,11 @@ def test_listed_id_without_features_fails_and_writes_nothing(tiny_world, tmp_pat
     lst = world / "Annotation" / "Training_files.txt"
     lst.write_text(lst.read_text() + "ghost_utt.mp4 happy agreeing\n")
     cfg = data_cfg(world, tmp_path / "cache")
-    with pytest.raises(DataError, match=r"missing feature file: .*ghost_utt\.npy \(id 'ghost_utt' listed in .*Training_files\.txt\)"):
+    with pytest.raises(
+        DataError,
+        match=r"missing feature file: .*ghost_utt\.npy "
+        r"\(id 'ghost_utt' listed in .*Training_files\.txt\)",
+    ):
         pack_split(cfg, "Training")
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("Training-*"))
 
@@ -144,8 +192,13 @@ def test_listed_id_without_features_fails_and_writes_nothing(tiny_world, tmp_pat
 def test_bad_feature_mid_pack_leaves_no_partial_pack(tiny_world, tmp_path):
     world = tmp_path / "world"
     shutil.copytree(tiny_world, world)
-    ids = read_split_list(world / "Annotation" / "Training_files.txt", list(EMOTIONS), list(INTENTS)).ids
-    np.save(world / "Annotation" / "features" / "RoBERTa" / f"{ids[-1]}.npy", np.zeros((4, 31), np.float32))
+    ids = read_split_list(
+        world / "Annotation" / "Training_files.txt", list(EMOTIONS), list(INTENTS)
+    ).ids
+    np.save(
+        world / "Annotation" / "features" / "RoBERTa" / f"{ids[-1]}.npy",
+        np.zeros((4, 31), np.float32),
+    )
     cfg = data_cfg(world, tmp_path / "cache")
     with pytest.raises(DataError, match="feature dim D=31"):
         pack_split(cfg, "Training")
@@ -165,6 +218,7 @@ def test_unlabelled_pool_from_list_or_folder(tiny_world, tmp_path):
 
 # ---- batching --------------------------------------------------------------------------------
 
+
 def test_collate_pads_with_zeros_and_masks(tiny_world, tmp_path):
     split = load_split(data_cfg(tiny_world, tmp_path / "cache"), "Training")
     rows = np.array([0, 3, 5])
@@ -174,15 +228,19 @@ def test_collate_pads_with_zeros_and_masks(tiny_world, tmp_path):
         assert batch[m].shape == (3, lens.max(), {"A": 24, "V": 12, "L": 32}[m])
         assert batch[f"{m}_mask"].sum(1).tolist() == lens.tolist()
         assert (batch[m][~batch[f"{m}_mask"]] == 0).all()
-        torch.testing.assert_close(batch[m][1, :lens[1]], torch.from_numpy(split.frames(m, 3)))
+        torch.testing.assert_close(batch[m][1, : lens[1]], torch.from_numpy(split.frames(m, 3)))
     assert batch["index"].tolist() == [0, 3, 5] and batch["weight"].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_recycled_buffers_never_overwrite_a_batch_still_held(tiny_world, tmp_path):
     split = load_split(data_cfg(tiny_world, tmp_path / "cache"), "Training")
     order = batch_order(split, 4, True, np.random.default_rng(0), True)
-    held = [b for b in iter_batches(split, 4, shuffle=True, seed=0)]  # every batch kept alive at once
-    for rows, batch in zip(order, held):  # none was overwritten by a later one; same values as unpooled
+    held = [
+        b for b in iter_batches(split, 4, shuffle=True, seed=0)
+    ]  # every batch kept alive at once
+    for rows, batch in zip(
+        order, held
+    ):  # none was overwritten by a later one; same values as unpooled
         fresh = collate(split, rows)
         for key in fresh:
             torch.testing.assert_close(batch[key], fresh[key])
@@ -200,7 +258,9 @@ def test_every_row_once_per_epoch(tiny_world, tmp_path, bucket):
     split = load_split(data_cfg(tiny_world, tmp_path / "cache"), "Training")
     rows = np.concatenate(batch_order(split, 4, True, np.random.default_rng(0), bucket))
     assert sorted(rows.tolist()) == list(range(len(split)))
-    seen = torch.cat([b["index"] for b in iter_batches(split, 4, shuffle=True, seed=1, bucket_by_length=bucket)])
+    seen = torch.cat(
+        [b["index"] for b in iter_batches(split, 4, shuffle=True, seed=1, bucket_by_length=bucket)]
+    )
     assert sorted(seen.tolist()) == list(range(len(split)))
 
 
@@ -209,4 +269,5 @@ def test_bucketing_reduces_padding(small_world, tmp_path):
 
     def padded_frames(bucket: bool) -> int:
         return sum(int(b["A_mask"].numel()) for b in iter_batches(split, 16, True, 0, bucket))
+
     assert padded_frames(True) < 0.8 * padded_frames(False)

@@ -1,4 +1,8 @@
-"""Training engine: LR schedules, fit (learning, best-state, early stopping, callbacks), sample weights."""
+"""Training engine: LR schedules, `fit` and sample weights.
+
+`fit` is checked for learning, best-state, early stopping and callbacks.
+"""
+
 from __future__ import annotations
 
 import copy
@@ -8,19 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from meiju_ray import engine, metrics
-from meiju_ray.batching import collate, iter_batches
 from meiju_ray.config import TrainConfig
-from meiju_ray.losses import joint_loss
-from meiju_ray.model import build_model
-from meiju_ray.packing import load_split
+from meiju_ray.data.batching import collate, iter_batches
+from meiju_ray.data.packing import load_split
+from meiju_ray.model.losses import joint_loss
+from meiju_ray.model.network import build_model
+from meiju_ray.train import engine, metrics
 from tests.conftest import small_config
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
 
 
-# ---- LR schedules ------------------------------------------------------------------------------------
+# ---- LR schedules --------------------------------------------------------------------------------
+
 
 def test_lr_factor_constant():
     cfg = TrainConfig(epochs=10, schedule="constant", constant_epochs=3)
@@ -40,7 +45,7 @@ def test_lr_factor_linear_is_the_baseline_rule():
     # same as lr_l = 1 - max(0, epoch + epoch_count - niter) / (niter_decay + 1), epoch_count = 1
     for e in range(60):
         assert f[e] == pytest.approx(1.0 - max(0, e + 1 - 15) / (45 + 1))
-    assert all(a > b for a, b in zip(f[14:], f[15:]))          # strictly decreasing after the plateau
+    assert all(a > b for a, b in zip(f[14:], f[15:]))  # strictly decreasing after the plateau
 
 
 def test_lr_factor_cosine():
@@ -51,17 +56,23 @@ def test_lr_factor_cosine():
     assert all(a > b for a, b in zip(f, f[1:])) and all(0 < x <= 1 for x in f)
     warm = TrainConfig(epochs=10, schedule="cosine", constant_epochs=4)
     g = [engine.lr_factor(e, warm) for e in range(10)]
-    assert g[:5] == [1.0] * 5                                   # 4 constant epochs, then progress 0
-    assert g[7] == pytest.approx(0.5)                           # halfway through the 6 decay epochs
+    assert g[:5] == [1.0] * 5  # 4 constant epochs, then progress 0
+    assert g[7] == pytest.approx(0.5)  # halfway through the 6 decay epochs
 
 
-# ---- fit on a small synthetic world --------------------------------------------------------------------
+# ---- fit on a small synthetic world --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def world(small_world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engine")
-    cfg = small_config(small_world, tmp / "o", f"data.cache_dir={tmp / 'c'}", "train.num_threads=1",
-                       "train.epochs=5")
+    cfg = small_config(
+        small_world,
+        tmp / "o",
+        f"data.cache_dir={tmp / 'c'}",
+        "train.num_threads=1",
+        "train.epochs=5",
+    )
     train = load_split(cfg.data, "Training")
     val = load_split(cfg.data, "Validation")
     return cfg, train, val
@@ -87,23 +98,37 @@ def fitted(world):
         if is_best:
             snapshots[epoch] = state_copy(model)
 
-    result = engine.fit(model, cfg.train, cfg.loss, CPU, batches_for(cfg, train),
-                        lambda: iter_batches(val, 64), on_epoch=on_epoch)
+    result = engine.fit(
+        model,
+        cfg.train,
+        cfg.loss,
+        CPU,
+        batches_for(cfg, train),
+        lambda: iter_batches(val, 64),
+        on_epoch=on_epoch,
+    )
     return model, result, calls, snapshots
 
 
 def test_fit_learns_well_above_majority(world, fitted):
     cfg, train, val = world
     _, result, _, _ = fitted
-    floor = metrics.majority_scores(train.emotion, train.intent, val.emotion, val.intent, cfg.train.track)
+    floor = metrics.majority_scores(
+        train.emotion, train.intent, val.emotion, val.intent, cfg.train.track
+    )
     # the synthetic world is deliberately hard; the majority floor is ~0.08 joint
-    assert result.best["joint"] > max(2 * floor["joint"], floor["joint"] + 0.15), (result.best, floor)
+    assert result.best["joint"] > max(2 * floor["joint"], floor["joint"] + 0.15), (
+        result.best,
+        floor,
+    )
     assert result.best["emo"] > floor["emo"] + 0.1 and result.best["int"] > floor["int"] + 0.1
-    assert result.best["joint"] == pytest.approx(metrics.joint_score(result.best["emo"], result.best["int"]))
+    assert result.best["joint"] == pytest.approx(
+        metrics.joint_score(result.best["emo"], result.best["int"])
+    )
     h = result.history
     assert len(h) == cfg.train.epochs and not result.stopped_early
     assert h[-1]["train_loss"] < 0.8 * h[0]["train_loss"]
-    for m in h:   # the LR actually used follows the schedule
+    for m in h:  # the LR actually used follows the schedule
         assert m["lr"] == pytest.approx(cfg.train.lr * engine.lr_factor(m["epoch"], cfg.train))
     assert result.seconds > 0
 
@@ -154,8 +179,15 @@ def test_early_stopping_with_a_frozen_model(world):
     engine.seed_everything(0)
     model = build_model(cfg)
     calls = []
-    result = engine.fit(model, tcfg, cfg.loss, CPU, batches_for(cfg, small_train),
-                        lambda: iter_batches(val, 64), on_epoch=lambda e, m, b: calls.append(b))
+    result = engine.fit(
+        model,
+        tcfg,
+        cfg.loss,
+        CPU,
+        batches_for(cfg, small_train),
+        lambda: iter_batches(val, 64),
+        on_epoch=lambda e, m, b: calls.append(b),
+    )
     # nothing improves after epoch 0, so training stops after epoch best + patience
     assert result.stopped_early
     assert result.best_epoch == 0
@@ -167,20 +199,16 @@ def test_patience_reached_on_the_last_epoch_is_not_early(world):
     cfg, train, val = world
     tcfg = dataclasses.replace(cfg.train, lr=1e-9, patience=2, epochs=3, weight_decay=0.0)
     engine.seed_everything(0)
-    result = engine.fit(build_model(cfg), tcfg, cfg.loss, CPU, batches_for(cfg, train.subset(np.arange(32))),
-                        lambda: iter_batches(val, 64))
+    result = engine.fit(
+        build_model(cfg),
+        tcfg,
+        cfg.loss,
+        CPU,
+        batches_for(cfg, train.subset(np.arange(32))),
+        lambda: iter_batches(val, 64),
+    )
     assert len(result.history) == 3 and not result.stopped_early
 
-
-def test_should_stop_ends_training(world):
-    cfg, train, val = world
-    tcfg = dataclasses.replace(cfg.train, epochs=10, patience=0)
-    result = engine.fit(build_model(cfg), tcfg, cfg.loss, CPU, batches_for(cfg, train.subset(np.arange(32))),
-                        lambda: iter_batches(val, 64), should_stop=lambda: True)
-    assert len(result.history) == 1
-
-
-# ---- sample weights ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weight, changes", [(0.0, False), (1.0, True)])
 def test_zero_sample_weight_leaves_parameters_alone(world, weight, changes):
@@ -192,11 +220,13 @@ def test_zero_sample_weight_leaves_parameters_alone(world, weight, changes):
     model = build_model(cfg)
     opt = engine.make_optimizer(model, tcfg)
     before = state_copy(model)
-    stats = engine.train_one_epoch(model, [collate(rows, np.arange(16))], opt, cfg.loss, CPU, grad_clip=1.0)
+    stats = engine.train_one_epoch(
+        model, [collate(rows, np.arange(16))], opt, cfg.loss, CPU, grad_clip=1.0
+    )
     heads = [k for k in before if k.startswith(("heads.", "aux_heads."))]
     assert heads
     changed = [k for k in heads if not torch.equal(before[k], model.state_dict()[k])]
-    if changes:   # the control: with weight 1 the same step does move the heads
+    if changes:  # the control: with weight 1 the same step does move the heads
         assert changed and stats["loss"] > 0
     else:
         assert not changed and stats["loss"] == 0.0
@@ -207,10 +237,10 @@ def test_zero_sample_weight_leaves_parameters_alone(world, weight, changes):
 def test_train_one_epoch_reports_row_weighted_means(world):
     cfg, train, _ = world
     cfg = copy.deepcopy(cfg)
-    cfg.model.dropout = cfg.model.input_dropout = 0.0      # train-mode forward == eval-mode forward
+    cfg.model.dropout = cfg.model.input_dropout = 0.0  # train-mode forward == eval-mode forward
     engine.seed_everything(0)
     model = build_model(cfg)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)      # the model stays exactly as it is
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays exactly as it is
     b1, b2 = collate(train, np.arange(10)), collate(train, np.arange(10, 13))
     stats = engine.train_one_epoch(model, [b1, b2], opt, cfg.loss, CPU)
     assert {"loss", "emotion", "intent", "emotion_aux", "intent_aux"} <= set(stats)
@@ -219,4 +249,6 @@ def test_train_one_epoch_reports_row_weighted_means(world):
         l2, p2 = joint_loss(model(b2), b2, cfg.loss)
     # epoch means weight each batch by its number of rows: (10 * batch1 + 3 * batch2) / 13
     assert stats["loss"] == pytest.approx((10 * float(l1) + 3 * float(l2)) / 13, rel=1e-5)
-    assert stats["emotion"] == pytest.approx((10 * p1["emotion"] + 3 * p2["emotion"]) / 13, rel=1e-5)
+    assert stats["emotion"] == pytest.approx(
+        (10 * p1["emotion"] + 3 * p2["emotion"]) / 13, rel=1e-5
+    )

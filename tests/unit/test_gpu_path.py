@@ -1,5 +1,7 @@
 """The GPU path (pinned host memory, non-blocking copies, AMP with a grad scaler) is correct by
-construction: on cpu it is a no-op (tested here on every machine); on cuda it is tested when a GPU exists."""
+construction: on cpu it is a no-op (tested here on every machine); on cuda it is tested when a
+GPU exists."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +9,10 @@ import math
 import pytest
 import torch
 
-from meiju_ray import engine
-from meiju_ray.batching import iter_batches, to_device
-from meiju_ray.model import build_model
-from meiju_ray.packing import load_split
+from meiju_ray.data.batching import iter_batches, to_device
+from meiju_ray.data.packing import load_split
+from meiju_ray.model.network import build_model
+from meiju_ray.train import engine
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -20,15 +22,25 @@ def _params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def _fit_once(cfg, split, device: torch.device, amp: bool, seed: int = 0, epochs: int = 1, batch_size: int = 4):
+def _fit_once(
+    cfg, split, device: torch.device, amp: bool, seed: int = 0, epochs: int = 1, batch_size: int = 4
+):
     engine.seed_everything(seed)
     model = build_model(cfg).to(device)
     before = _params(model)
     optimizer = engine.make_optimizer(model, cfg.train)
-    scaler = engine.make_scaler(amp, device)   # shared across epochs, as fit does
+    scaler = engine.make_scaler(amp, device)  # shared across epochs, as fit does
     for epoch in range(epochs):
-        stats = engine.train_one_epoch(model, iter_batches(split, batch_size, shuffle=True, seed=seed + epoch),
-                                       optimizer, cfg.loss, device, grad_clip=1.0, amp=amp, scaler=scaler)
+        stats = engine.train_one_epoch(
+            model,
+            iter_batches(split, batch_size, shuffle=True, seed=seed + epoch),
+            optimizer,
+            cfg.loss,
+            device,
+            grad_clip=1.0,
+            amp=amp,
+            scaler=scaler,
+        )
     return model, before, stats
 
 
@@ -40,8 +52,8 @@ def test_to_device_cpu_keeps_values_and_does_not_pin(tiny_cfg):
     for k, v in batch.items():
         assert moved[k].device.type == "cpu" and moved[k].dtype == v.dtype
         assert torch.equal(moved[k], v), k
-        assert moved[k].data_ptr() == v.data_ptr()   # no copy on cpu, as before
-    moved = to_device(batch, "cpu")                   # a device string works too
+        assert moved[k].data_ptr() == v.data_ptr()  # no copy on cpu, as before
+    moved = to_device(batch, "cpu")  # a device string works too
     assert all(torch.equal(moved[k], batch[k]) for k in batch)
 
 
@@ -70,11 +82,18 @@ def test_cuda_pinned_transfer_and_amp(tiny_cfg):
     for k, v in batch.items():
         assert moved[k].device.type == "cuda" and moved[k].dtype == v.dtype
         assert torch.equal(moved[k].cpu(), v), k
-    assert not any(v.is_pinned() for v in batch.values())   # the caller's tensors are left as they were
-    assert engine.make_scaler(True, cuda).is_enabled() and not engine.make_scaler(False, cuda).is_enabled()
+    assert not any(
+        v.is_pinned() for v in batch.values()
+    )  # the caller's tensors are left as they were
+    assert (
+        engine.make_scaler(True, cuda).is_enabled()
+        and not engine.make_scaler(False, cuda).is_enabled()
+    )
     # a few epochs of small batches: the scaler may skip the first steps while it finds its scale
     model, before, stats = _fit_once(tiny_cfg, split, cuda, amp=True, epochs=3, batch_size=2)
     assert math.isfinite(stats["loss"]) and stats["loss"] > 0
     after = _params(model)
-    assert all(v.device.type == "cuda" and v.dtype == torch.float32 for v in after.values())  # fp32 master weights
+    assert all(
+        v.device.type == "cuda" and v.dtype == torch.float32 for v in after.values()
+    )  # fp32 master weights
     assert any(not torch.equal(before[k], after[k]) for k in before)

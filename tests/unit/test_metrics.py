@@ -1,4 +1,5 @@
 """Challenge metrics: weighted / micro F1, the joint harmonic mean, unlabelled rows, confusion."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from meiju_ray.metrics import confusion, joint_score, majority_scores, scores, task_f1
+from meiju_ray.train.metrics import confusion, joint_score, majority_scores, scores, task_f1
 
 
 def hand_weighted_f1(y_true: list[int], y_pred: list[int]) -> float:
@@ -24,7 +25,7 @@ def hand_weighted_f1(y_true: list[int], y_pred: list[int]) -> float:
 
 
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
-Y_PRED = [0, 0, 1, 1, 2, 2, 2, 0, 2, 4]   # class 4 is predicted but never true
+Y_PRED = [0, 0, 1, 1, 2, 2, 2, 0, 2, 4]  # class 4 is predicted but never true
 
 
 def test_weighted_f1_hand_computed():
@@ -66,8 +67,8 @@ def test_joint_score():
     assert joint_score(0.6, 0.3) == pytest.approx(2 * 0.6 * 0.3 / (0.9 + 1e-6))
     assert joint_score(0.6, 0.3) == pytest.approx(0.4, abs=1e-6)
     assert joint_score(0.5, 0.5) == pytest.approx(0.5, abs=1e-6)
-    assert joint_score(0.0, 0.0) == 0.0                 # the epsilon avoids 0/0
-    assert joint_score(0.8, 0.0) == 0.0                 # harmonic: one zero task zeroes the joint
+    assert joint_score(0.0, 0.0) == 0.0  # the epsilon avoids 0/0
+    assert joint_score(0.8, 0.0) == 0.0  # harmonic: one zero task zeroes the joint
     assert joint_score(float("nan"), 0.7) == 0.7
     assert joint_score(0.4, float("nan")) == 0.4
     assert math.isnan(joint_score(float("nan"), float("nan")))
@@ -86,22 +87,19 @@ def test_confusion_counts():
     y_true = np.array([0, 0, 1, 2, 2, 2, -1, -1])
     y_pred = np.array([0, 1, 1, 2, 0, 2, 3, 0])
     got = confusion(y_true, y_pred, 4)
-    expected = np.array([[1, 1, 0, 0],
-                         [0, 1, 0, 0],
-                         [1, 0, 2, 0],
-                         [0, 0, 0, 0]])
+    expected = np.array([[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(got, expected)
-    assert got.sum() == 6   # the two unlabelled rows are not counted
+    assert got.sum() == 6  # the two unlabelled rows are not counted
 
 
 def test_majority_scores():
-    train_emo = [2, 2, 2, 1, -1, -1, -1, -1]   # -1 rows must not make -1 (or 0) the majority
+    train_emo = [2, 2, 2, 1, -1, -1, -1, -1]  # -1 rows must not make -1 (or 0) the majority
     train_int = [0, 3, 3, 4, 3]
     emo_true = [2, 2, 1, 0]
     int_true = [3, 0, 3, 3, -1]
     got = majority_scores(train_emo, train_int, emo_true, int_true, track=2)
-    assert got["emo"] == pytest.approx(0.5)          # predicts 2 everywhere: 2 of 4
-    assert got["int"] == pytest.approx(0.75)         # predicts 3 everywhere: 3 of 4 labelled
+    assert got["emo"] == pytest.approx(0.5)  # predicts 2 everywhere: 2 of 4
+    assert got["int"] == pytest.approx(0.75)  # predicts 3 everywhere: 3 of 4 labelled
     assert got["joint"] == pytest.approx(2 * 0.5 * 0.75 / (1.25 + 1e-6))
     got1 = majority_scores(train_emo, train_int, emo_true, int_true, track=1)
     # weighted F1 of "always 2" on [2, 2, 1, 0]: class 2 P=1/2 R=1 F=2/3, support 2 -> (2 * 2/3) / 4

@@ -1,4 +1,5 @@
-"""Joint model: output contract, mask-aware encoders, head split, presets, intent fusion, learning."""
+"""Model: output contract, mask-aware encoders, head split, presets, intent fusion, learning."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,24 +8,50 @@ import pytest
 import torch
 
 from meiju_ray.config import ExperimentConfig, LossConfig
-from meiju_ray.losses import joint_loss
-from meiju_ray.model import (AttnEncoder, LSTMEncoder, PoolEncoder, TextCNNEncoder, build_model,
-                             encoder_kind)
+from meiju_ray.model.losses import joint_loss
+from meiju_ray.model.network import (
+    AttnEncoder,
+    LSTMEncoder,
+    PoolEncoder,
+    TextCNNEncoder,
+    build_model,
+    encoder_kind,
+)
 
 torch.set_num_threads(1)
 
 DIMS = {"A": 6, "V": 4, "L": 5}
 ENCODERS = ("pool", "attn", "lstm", "textcnn")
-ENCODER_CLASS = {"pool": PoolEncoder, "attn": AttnEncoder, "lstm": LSTMEncoder, "textcnn": TextCNNEncoder}
+ENCODER_CLASS = {
+    "pool": PoolEncoder,
+    "attn": AttnEncoder,
+    "lstm": LSTMEncoder,
+    "textcnn": TextCNNEncoder,
+}
 N_EMO, N_INT = 7, 8
-OUTPUT_SIZES = {"emotion": N_EMO, "emotion_aux": N_EMO, "intent": N_INT, "intent_main": N_INT, "intent_aux": N_INT}
+OUTPUT_SIZES = {
+    "emotion": N_EMO,
+    "emotion_aux": N_EMO,
+    "intent": N_INT,
+    "intent_main": N_INT,
+    "intent_aux": N_INT,
+}
 
 
 def make_cfg(mod_encoders: dict[str, str] | None = None, **model) -> ExperimentConfig:
-    mods = [{"name": n, "folder": n.lower(), "dim": d, "encoder": (mod_encoders or {}).get(n, "")}
-            for n, d in DIMS.items()]
-    values = {"hidden": 16, "fusion_heads": 2, "fusion_ff": 32, "heads_emo_to_int": 2, "heads_int_to_emo": 2,
-              "classifier": [16], **model}
+    mods = [
+        {"name": n, "folder": n.lower(), "dim": d, "encoder": (mod_encoders or {}).get(n, "")}
+        for n, d in DIMS.items()
+    ]
+    values = {
+        "hidden": 16,
+        "fusion_heads": 2,
+        "fusion_ff": 32,
+        "heads_emo_to_int": 2,
+        "heads_int_to_emo": 2,
+        "classifier": [16],
+        **model,
+    }
     return ExperimentConfig.from_dict({"seed": 0, "data": {"modalities": mods}, "model": values})
 
 
@@ -33,8 +60,12 @@ def make_model(seed: int = 0, **kw):
     return build_model(make_cfg(**kw))
 
 
-def random_batch(lengths: list[dict[str, int]], seed: int = 0, garbage: float | None = None) -> dict:
-    """Hand-built batch: row b of modality M has lengths[b][M] real frames; padding is zero or garbage."""
+def random_batch(
+    lengths: list[dict[str, int]], seed: int = 0, garbage: float | None = None
+) -> dict:
+    """Hand-built batch: row b of modality M has lengths[b][M] real frames.
+
+    The padding is zero or, when `garbage` is given, noise with that mean and scale."""
     g = torch.Generator().manual_seed(seed)
     batch = {}
     for name, dim in DIMS.items():
@@ -42,7 +73,11 @@ def random_batch(lengths: list[dict[str, int]], seed: int = 0, garbage: float | 
         t_max = int(lens.max())
         x = torch.randn(len(lengths), t_max, dim, generator=g)
         mask = torch.arange(t_max)[None, :] < lens[:, None]
-        pad = torch.zeros_like(x) if garbage is None else garbage * torch.randn(x.shape, generator=g) + garbage
+        pad = (
+            torch.zeros_like(x)
+            if garbage is None
+            else garbage * torch.randn(x.shape, generator=g) + garbage
+        )
         batch[name] = torch.where(mask[..., None], x, pad)
         batch[f"{name}_mask"] = mask
     return batch
@@ -53,20 +88,25 @@ def row_alone(batch: dict, r: int) -> dict:
     out = {}
     for name in DIMS:
         n = int(batch[f"{name}_mask"][r].sum())
-        out[name] = batch[name][r:r + 1, :n].clone()
+        out[name] = batch[name][r : r + 1, :n].clone()
         out[f"{name}_mask"] = torch.ones(1, n, dtype=torch.bool)
     return out
 
 
-def pad_next_to_long(alone: dict, long_len: int, r_first: bool, seed: int, garbage: float | None) -> dict:
+def pad_next_to_long(
+    alone: dict, long_len: int, r_first: bool, seed: int, garbage: float | None
+) -> dict:
     """Put the single row of `alone` next to a long row, padded to `long_len` frames."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, dim in DIMS.items():
         x = alone[name][0]
         n = x.shape[0]
-        fill = torch.zeros(long_len - n, dim) if garbage is None else \
-            garbage * torch.randn(long_len - n, dim, generator=g) + garbage
+        fill = (
+            torch.zeros(long_len - n, dim)
+            if garbage is None
+            else garbage * torch.randn(long_len - n, dim, generator=g) + garbage
+        )
         padded = torch.cat([x, fill])
         other = torch.randn(long_len, dim, generator=g)
         mask = torch.zeros(2, long_len, dtype=torch.bool)
@@ -78,13 +118,18 @@ def pad_next_to_long(alone: dict, long_len: int, r_first: bool, seed: int, garba
     return out
 
 
-# ---- output contract --------------------------------------------------------------------------------
+# ---- output contract -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("encoder, sharing", list(itertools.product(ENCODERS, ("shared", "per_task"))))
+
+@pytest.mark.parametrize(
+    "encoder, sharing", list(itertools.product(ENCODERS, ("shared", "per_task")))
+)
 def test_output_keys_and_shapes(encoder, sharing):
     model = make_model(encoder=encoder, sharing=sharing)
     assert all(isinstance(m, ENCODER_CLASS[encoder]) for m in model.encoders.values())
-    batch = random_batch([{"A": 5, "V": 1, "L": 3}, {"A": 2, "V": 4, "L": 7}, {"A": 1, "V": 2, "L": 1}])
+    batch = random_batch(
+        [{"A": 5, "V": 1, "L": 3}, {"A": 2, "V": 4, "L": 7}, {"A": 1, "V": 2, "L": 1}]
+    )
     model.train()
     out = model(batch)
     assert set(out) == set(OUTPUT_SIZES)
@@ -92,14 +137,18 @@ def test_output_keys_and_shapes(encoder, sharing):
         assert out[key].shape == (3, size), key
         assert torch.isfinite(out[key]).all(), key
     # every parameter takes part in the loss (nothing dead for DDP)
-    targets = {"emotion": torch.tensor([0, 3, 6]), "intent": torch.tensor([7, 1, 0]), "weight": torch.ones(3)}
+    targets = {
+        "emotion": torch.tensor([0, 3, 6]),
+        "intent": torch.tensor([7, 1, 0]),
+        "weight": torch.ones(3),
+    }
     loss, _ = joint_loss(out, targets, LossConfig())
     loss.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, dead
 
 
-# ---- masking invariance -----------------------------------------------------------------------------
+# ---- masking invariance --------------------------------------------------------------------------
 
 SHORT_ROWS = [
     {"A": 1, "V": 1, "L": 1},
@@ -122,8 +171,13 @@ def check_invariance(model, garbage: float | None, long_len: int = 23, atol: flo
                 out = model(padded)
                 i = 0 if r_first else 1
                 for key in OUTPUT_SIZES:
-                    torch.testing.assert_close(out[key][i], ref[key][0], atol=atol, rtol=1e-4,
-                                               msg=lambda m: f"row {SHORT_ROWS[r]} key {key}: {m}")
+                    torch.testing.assert_close(
+                        out[key][i],
+                        ref[key][0],
+                        atol=atol,
+                        rtol=1e-4,
+                        msg=lambda m, r=r, key=key: f"row {SHORT_ROWS[r]} key {key}: {m}",
+                    )
 
 
 @pytest.mark.parametrize("sharing", ["shared", "per_task"])
@@ -155,9 +209,13 @@ def test_encoder_level_invariance_and_padding_sensitivity(encoder):
             torch.testing.assert_close(enc(long, mask), ref, atol=2e-5, rtol=1e-4)
             changed = x.clone()
             changed[0, n - 1] += 3.0
-            assert not torch.allclose(enc(changed, torch.ones(1, n, dtype=torch.bool)), ref, atol=1e-4)
+            assert not torch.allclose(
+                enc(changed, torch.ones(1, n, dtype=torch.bool)), ref, atol=1e-4
+            )
             # and the mask is what matters: unmasking the garbage does change the output
-            assert not torch.allclose(enc(long, torch.ones(1, 30, dtype=torch.bool)), ref, atol=1e-4)
+            assert not torch.allclose(
+                enc(long, torch.ones(1, 30, dtype=torch.bool)), ref, atol=1e-4
+            )
 
 
 def test_lstm_padded_and_packed_paths_agree():
@@ -166,7 +224,9 @@ def test_lstm_padded_and_packed_paths_agree():
     enc = LSTMEncoder(6, 5)
     lens = torch.tensor([7, 2, 5, 1])
     mask = torch.arange(7)[None, :] < lens[:, None]
-    x = torch.where(mask[..., None], torch.randn(4, 7, 6), torch.full((4, 7, 6), 9.0)).requires_grad_()
+    x = torch.where(
+        mask[..., None], torch.randn(4, 7, 6), torch.full((4, 7, 6), 9.0)
+    ).requires_grad_()
     outs, grads = [], []
     for packed in (False, True):
         enc.packed = packed
@@ -181,7 +241,9 @@ def test_lstm_padded_and_packed_paths_agree():
 
 
 def test_textcnn_matches_hand_computation():
-    """Max-over-time over windows inside the real frames; T < kernel acts as zero-padded to the kernel."""
+    """Max-over-time over windows inside the real frames.
+
+    T < kernel acts as zero-padded to the kernel."""
     torch.manual_seed(0)
     enc = build_model(make_cfg(encoder="textcnn")).encoders["L"].eval()
     g = torch.Generator().manual_seed(4)
@@ -189,9 +251,13 @@ def test_textcnn_matches_hand_computation():
         x = torch.randn(1, n, DIMS["L"], generator=g)
         pooled = []
         for k, conv in zip(enc.KERNELS, enc.convs):
-            xk = torch.cat([x, torch.zeros(1, max(0, k - n), DIMS["L"])], dim=1)   # zero-pad to the kernel
-            windows = [torch.relu(conv(xk[:, s:s + k].transpose(1, 2)))[..., 0]      # (1, H) per window
-                       for s in range(xk.shape[1] - k + 1)]
+            xk = torch.cat(
+                [x, torch.zeros(1, max(0, k - n), DIMS["L"])], dim=1
+            )  # zero-pad to the kernel
+            windows = [
+                torch.relu(conv(xk[:, s : s + k].transpose(1, 2)))[..., 0]  # (1, H) per window
+                for s in range(xk.shape[1] - k + 1)
+            ]
             pooled.append(torch.stack(windows).max(dim=0).values)
         expected = enc.out(torch.cat(pooled, dim=-1))
         with torch.no_grad():
@@ -204,7 +270,8 @@ def test_textcnn_matches_hand_computation():
         torch.testing.assert_close(got_padded, expected.detach(), atol=1e-5, rtol=1e-5)
 
 
-# ---- architecture knobs -----------------------------------------------------------------------------
+# ---- architecture knobs --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("emo_to_int, int_to_emo", [(4, 2), (2, 4), (1, 8)])
 def test_interaction_head_split(emo_to_int, int_to_emo):
@@ -227,8 +294,12 @@ def test_baseline_preset_encoders_and_per_task_stacks():
         assert isinstance(model.encoders[f"{t}_V"], LSTMEncoder)
         assert isinstance(model.encoders[f"{t}_L"], TextCNNEncoder)
     # separate stacks: no parameter is shared between the two tasks' encoders
-    emo = {id(p) for k, e in model.encoders.items() if k.startswith("emotion_") for p in e.parameters()}
-    intent = {id(p) for k, e in model.encoders.items() if k.startswith("intent_") for p in e.parameters()}
+    emo = {
+        id(p) for k, e in model.encoders.items() if k.startswith("emotion_") for p in e.parameters()
+    }
+    intent = {
+        id(p) for k, e in model.encoders.items() if k.startswith("intent_") for p in e.parameters()
+    }
     assert emo and intent and not emo & intent
     assert set(model.fusions) == {"emotion", "intent"} and not hasattr(model, "adapters")
     out = model(random_batch([{"A": 2, "V": 1, "L": 5}, {"A": 4, "V": 3, "L": 1}]))
@@ -263,7 +334,9 @@ def test_intent_fusion_modes():
     assert "intent_mix" in dict(learned.named_parameters())
     with torch.no_grad():
         out = learned(batch)
-        torch.testing.assert_close(out["intent"], (out["intent_main"] + out["intent_aux"]) / 2)  # starts at 0.5
+        torch.testing.assert_close(
+            out["intent"], (out["intent_main"] + out["intent_aux"]) / 2
+        )  # starts at 0.5
         learned.intent_mix.fill_(2.0)
         out = learned(batch)
     w = torch.sigmoid(torch.tensor(2.0))
@@ -285,24 +358,39 @@ def test_interaction_modes(interaction):
 def test_rows_are_independent_in_eval():
     """A row's logits do not depend on which other rows share its batch."""
     model = make_model(encoder="attn").eval()
-    batch = random_batch([{"A": 3, "V": 2, "L": 4}, {"A": 2, "V": 5, "L": 1}, {"A": 6, "V": 1, "L": 2}], seed=5)
+    batch = random_batch(
+        [{"A": 3, "V": 2, "L": 4}, {"A": 2, "V": 5, "L": 1}, {"A": 6, "V": 1, "L": 2}], seed=5
+    )
     with torch.no_grad():
         full = model(batch)
         for r in range(3):
             single = model(row_alone(batch, r))
-            torch.testing.assert_close(full["emotion"][r], single["emotion"][0], atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                full["emotion"][r], single["emotion"][0], atol=2e-5, rtol=1e-4
+            )
 
 
-# ---- learning ----------------------------------------------------------------------------------------
+# ---- learning ------------------------------------------------------------------------------------
+
 
 def test_overfits_a_tiny_batch():
     torch.manual_seed(0)
-    cfg = make_cfg(hidden=32, fusion_heads=2, heads_emo_to_int=2, heads_int_to_emo=2, classifier=[32],
-                   dropout=0.0, input_dropout=0.0, encoder="pool")
+    cfg = make_cfg(
+        hidden=32,
+        fusion_heads=2,
+        heads_emo_to_int=2,
+        heads_int_to_emo=2,
+        classifier=[32],
+        dropout=0.0,
+        input_dropout=0.0,
+        encoder="pool",
+    )
     model = build_model(cfg)
     g = torch.Generator().manual_seed(7)
-    lengths = [{"A": int(a), "V": int(v), "L": int(l)}
-               for a, v, l in torch.randint(1, 7, (16, 3), generator=g)]
+    lengths = [
+        {"A": int(a), "V": int(v), "L": int(lex)}
+        for a, v, lex in torch.randint(1, 7, (16, 3), generator=g)
+    ]
     batch = random_batch(lengths, seed=8)
     batch["emotion"] = torch.randint(0, N_EMO, (16,), generator=g)
     batch["intent"] = torch.randint(0, N_INT, (16,), generator=g)

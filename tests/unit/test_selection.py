@@ -1,4 +1,5 @@
-"""Tests of pseudo-label selection and temperature calibration (meiju_ray.selection)."""
+"""Tests of pseudo-label selection and temperature calibration (meiju_ray.pseudo.selection)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,14 @@ import numpy as np
 import pytest
 
 from meiju_ray.config import PseudoLabelConfig
-from meiju_ray.selection import (Selection, allowed_pairs_from, apply_temperature, fit_temperature,
-                                 select, summary)
+from meiju_ray.pseudo.selection import (
+    Selection,
+    allowed_pairs_from,
+    apply_temperature,
+    fit_temperature,
+    select,
+    summary,
+)
 
 EMO = ["happy", "fear", "neutral"]
 INT = ["questioning", "agreeing"]
@@ -24,13 +31,23 @@ def probs(rows: list[tuple[int, float]], n_classes: int) -> np.ndarray:
 
 
 def run(emo_rows, int_rows, allowed=None, **cfg) -> Selection:
-    return select(probs(emo_rows, len(EMO)), probs(int_rows, len(INT)), PseudoLabelConfig(**cfg),
-                  EMO, INT, allowed_pairs=allowed)
+    return select(
+        probs(emo_rows, len(EMO)),
+        probs(int_rows, len(INT)),
+        PseudoLabelConfig(**cfg),
+        EMO,
+        INT,
+        allowed_pairs=allowed,
+    )
 
 
 def test_per_task_is_independent_per_task():
-    sel = run([(0, 0.995), (1, 0.5), (2, 0.999), (0, 0.4)],
-              [(1, 0.6), (0, 0.995), (1, 0.999), (0, 0.55)], rule="per_task", threshold=0.99)
+    sel = run(
+        [(0, 0.995), (1, 0.5), (2, 0.999), (0, 0.4)],
+        [(1, 0.6), (0, 0.995), (1, 0.999), (0, 0.55)],
+        rule="per_task",
+        threshold=0.99,
+    )
     assert sel.emotion.tolist() == [0, -1, 2, -1]
     assert sel.intent.tolist() == [-1, 0, 1, -1]
     assert sel.selected.tolist() == [True, True, True, False]
@@ -40,8 +57,12 @@ def test_per_task_is_independent_per_task():
 
 
 def test_joint_needs_both_tasks():
-    sel = run([(0, 0.995), (1, 0.5), (2, 0.999)], [(1, 0.6), (0, 0.995), (1, 0.999)],
-              rule="joint", threshold=0.99)
+    sel = run(
+        [(0, 0.995), (1, 0.5), (2, 0.999)],
+        [(1, 0.6), (0, 0.995), (1, 0.999)],
+        rule="joint",
+        threshold=0.99,
+    )
     assert sel.emotion.tolist() == [-1, -1, 2]
     assert sel.intent.tolist() == [-1, -1, 1]
     assert sel.selected.tolist() == [False, False, True]
@@ -59,11 +80,17 @@ def test_threshold_equality_is_kept(dtype):
 
 
 def test_classwise_uses_the_predicted_class_bar():
-    cfg = dict(rule="classwise", threshold=0.99,
-               class_thresholds={"emotion": {"fear": 0.85}, "intent": {"agreeing": 0.85}})
+    cfg = dict(
+        rule="classwise",
+        threshold=0.99,
+        class_thresholds={"emotion": {"fear": 0.85}, "intent": {"agreeing": 0.85}},
+    )
     # rare class (fear) at 0.86 >= its 0.85 bar; frequent class (happy) at 0.98 < the 0.99 default
-    sel = run([(1, 0.86), (0, 0.98), (1, 0.84), (2, 0.99)],
-              [(1, 0.85), (0, 0.98), (0, 0.995), (1, 0.6)], **cfg)
+    sel = run(
+        [(1, 0.86), (0, 0.98), (1, 0.84), (2, 0.99)],
+        [(1, 0.85), (0, 0.98), (0, 0.995), (1, 0.6)],
+        **cfg,
+    )
     assert sel.emotion.tolist() == [1, -1, -1, 2]
     assert sel.intent.tolist() == [1, -1, 0, -1]
     with pytest.raises(ValueError, match="unknown label"):
@@ -76,20 +103,35 @@ def test_topk_takes_k_most_confident_per_class():
     int_rows = [(0, 0.6)] * len(emo_rows)
     sel = run(emo_rows, int_rows, rule="topk", topk_per_class=2, min_confidence=0.4)
     kept = sel.emotion
-    assert (kept == 0).sum() == 2 and kept[6] == 0          # 0.95 first, then the earlier 0.9 (ties by order)
+    assert (kept == 0).sum() == 2 and kept[
+        6
+    ] == 0  # 0.95 first, then the earlier 0.9 (ties by order)
     assert kept[1] == 0 and kept[5] == -1 and kept[3] == -1
-    assert (kept == 1).sum() == 1 and kept[2] == 1          # fewer rows than k: all of them
+    assert (kept == 1).sum() == 1 and kept[2] == 1  # fewer rows than k: all of them
     assert (kept == 2).sum() == 1 and kept[4] == 2 and kept[7] == -1  # 0.3 < min_confidence
-    assert (sel.intent == 0).sum() == 2 and sel.intent[:2].tolist() == [0, 0]  # all ties: first rows
+    assert (sel.intent == 0).sum() == 2 and sel.intent[:2].tolist() == [
+        0,
+        0,
+    ]  # all ties: first rows
 
 
 def test_consistency_drops_unseen_pairs_and_counts_them():
-    allowed = allowed_pairs_from(np.array([0, 1, 2, -1, 0]), np.array([1, 0, 1, 0, -1]), len(EMO), len(INT))
+    allowed = allowed_pairs_from(
+        np.array([0, 1, 2, -1, 0]), np.array([1, 0, 1, 0, -1]), len(EMO), len(INT)
+    )
     assert allowed.tolist() == [[False, True], [True, False], [False, True]]
-    emo_rows, int_rows = [(0, 0.99), (0, 0.99), (0, 0.99), (2, 0.5)], [(1, 0.99), (0, 0.99), (0, 0.5), (0, 0.99)]
+    emo_rows, int_rows = (
+        [(0, 0.99), (0, 0.99), (0, 0.99), (2, 0.5)],
+        [(1, 0.99), (0, 0.99), (0, 0.5), (0, 0.99)],
+    )
     sel = run(emo_rows, int_rows, allowed, rule="per_task", threshold=0.9, consistency=True)
-    assert sel.emotion.tolist() == [0, -1, 0, -1]           # (happy, agreeing) seen; (happy, questioning) not
-    assert sel.intent.tolist() == [1, -1, -1, 0]            # single-task rows are not filtered
+    assert sel.emotion.tolist() == [
+        0,
+        -1,
+        0,
+        -1,
+    ]  # (happy, agreeing) seen; (happy, questioning) not
+    assert sel.intent.tolist() == [1, -1, -1, 0]  # single-task rows are not filtered
     assert sel.selected.tolist() == [True, False, True, True]
     assert summary(sel, EMO, INT)["rejected_inconsistent"] == 1
     with pytest.raises(ValueError, match="allowed_pairs"):
@@ -111,7 +153,9 @@ def test_weights_constant_and_confidence():
     emo_rows, int_rows = [(0, 0.96), (1, 0.98), (2, 0.5)], [(1, 0.5), (0, 0.94), (0, 0.5)]
     sel = run(emo_rows, int_rows, rule="per_task", threshold=0.9, weight=0.5, weighting="constant")
     assert sel.weight.tolist() == [0.5, 0.5, 0.0]
-    sel = run(emo_rows, int_rows, rule="per_task", threshold=0.9, weight=0.5, weighting="confidence")
+    sel = run(
+        emo_rows, int_rows, rule="per_task", threshold=0.9, weight=0.5, weighting="confidence"
+    )
     np.testing.assert_allclose(sel.weight, [0.5 * 0.96, 0.5 * (0.98 + 0.94) / 2, 0.0], rtol=1e-6)
 
 
@@ -119,13 +163,15 @@ def test_summary_counts_and_accuracies():
     emo_rows = [(0, 0.99), (0, 0.99), (1, 0.99), (2, 0.5)]
     int_rows = [(1, 0.99), (0, 0.5), (0, 0.99), (1, 0.99)]
     sel = run(emo_rows, int_rows, rule="per_task", threshold=0.9)
-    s = summary(sel, EMO, INT, true_emotion=np.array([0, 1, 1, 2]), true_intent=np.array([1, 0, 1, -1]))
+    s = summary(
+        sel, EMO, INT, true_emotion=np.array([0, 1, 1, 2]), true_intent=np.array([1, 0, 1, -1])
+    )
     assert s["n_rows"] == 4 and s["n_selected"] == 4 and s["selection_rate"] == 1.0
     assert s["n_emotion_kept"] == 3 and s["n_intent_kept"] == 3 and s["rejected_inconsistent"] == 0
     assert s["emotion_counts"] == {"happy": 2, "fear": 1, "neutral": 0}
     assert s["intent_counts"] == {"questioning": 1, "agreeing": 2}
-    assert s["emotion_accuracy"] == pytest.approx(2 / 3)        # rows 0, 2 right; row 1 wrong
-    assert s["intent_accuracy"] == pytest.approx(1 / 2)         # row 3 has no true intent
+    assert s["emotion_accuracy"] == pytest.approx(2 / 3)  # rows 0, 2 right; row 1 wrong
+    assert s["intent_accuracy"] == pytest.approx(1 / 2)  # row 3 has no true intent
     assert s["emotion_accuracy_all"] == pytest.approx(3 / 4)
     assert s["intent_accuracy_all"] == pytest.approx(2 / 3)
     assert s["mean_emotion_conf"] == pytest.approx(0.99, abs=1e-6)
@@ -133,7 +179,9 @@ def test_summary_counts_and_accuracies():
     assert "emotion_accuracy" not in summary(sel, EMO, INT)
 
 
-def _sampled(t_true: float, n: int = 20000, c: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _sampled(
+    t_true: float, n: int = 20000, c: int = 5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits z and labels drawn from softmax(z / t_true)."""
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, 4.0, size=(n, c))
@@ -147,7 +195,7 @@ def test_fit_temperature_recovers_known_temperature():
     z, y = _sampled(2.5)
     assert fit_temperature(z, y) == pytest.approx(2.5, abs=0.15)
     y_masked = y.copy()
-    y_masked[::2] = -1                                         # unlabelled rows ignored
+    y_masked[::2] = -1  # unlabelled rows ignored
     assert fit_temperature(z, y_masked) == pytest.approx(2.5, abs=0.25)
     assert fit_temperature(z, np.full(len(y), -1)) == 1.0
 
@@ -159,7 +207,10 @@ def test_overconfident_teacher_is_softened():
     raw = np.exp(z - z.max(axis=1, keepdims=True))
     raw /= raw.sum(axis=1, keepdims=True)
     cal = apply_temperature(raw, t)
-    assert np.all(cal.max(axis=1) <= raw.max(axis=1) + 1e-12) and cal.max(axis=1).mean() < raw.max(axis=1).mean()
+    assert (
+        np.all(cal.max(axis=1) <= raw.max(axis=1) + 1e-12)
+        and cal.max(axis=1).mean() < raw.max(axis=1).mean()
+    )
     np.testing.assert_allclose(cal.sum(axis=1), 1.0)
     np.testing.assert_array_equal(cal.argmax(axis=1), raw.argmax(axis=1))
     np.testing.assert_allclose(apply_temperature(raw, 1.0), raw, atol=1e-9)
@@ -189,19 +240,25 @@ def test_bad_inputs_raise():
 
 def test_engine_choice_keeps_ray_start_up_off_small_local_pools():
     from meiju_ray.config import RayConfig
-    from meiju_ray.pseudo_label import choose_engine
-    from meiju_ray.ray_env import attached_to_cluster
+    from meiju_ray.distributed.cluster import attached_to_cluster
+    from meiju_ray.pseudo.labelling import choose_engine
+
     assert choose_engine(5_000, 20_000, attached=False) == "in_process"
-    assert choose_engine(20_000, 20_000, attached=False) == "ray_data"   # large pool: the actors pay off
-    assert choose_engine(5_000, 0, attached=False) == "ray_data"         # 0 = always Ray Data
-    assert choose_engine(5_000, 20_000, attached=True) == "ray_data"     # a shared cluster: always Ray Data
+    assert (
+        choose_engine(20_000, 20_000, attached=False) == "ray_data"
+    )  # large pool: the actors pay off
+    assert choose_engine(5_000, 0, attached=False) == "ray_data"  # 0 = always Ray Data
+    assert (
+        choose_engine(5_000, 20_000, attached=True) == "ray_data"
+    )  # a shared cluster: always Ray Data
     assert attached_to_cluster(RayConfig(address="ray://head:10001"))
 
 
 def test_auto_actor_count_comes_from_the_resources_ray_reports():
-    from meiju_ray.pseudo_label import auto_actors
-    assert auto_actors({"CPU": 2.0}, 0.5, 0.0, n_shards=10) == 2         # 1 CPU kept free for Ray Data
+    from meiju_ray.distributed.pseudo_label import auto_actors
+
+    assert auto_actors({"CPU": 2.0}, 0.5, 0.0, n_shards=10) == 2  # 1 CPU kept free for Ray Data
     assert auto_actors({"CPU": 16.0}, 1.0, 0.0, n_shards=100) == 15
-    assert auto_actors({"CPU": 64.0}, 0.5, 0.0, n_shards=3) == 3         # no idle actors beyond the shards
+    assert auto_actors({"CPU": 64.0}, 0.5, 0.0, n_shards=3) == 3  # no idle actors beyond the shards
     assert auto_actors({"CPU": 64.0, "GPU": 2.0}, 1.0, 0.25, n_shards=100) == 8
-    assert auto_actors({"CPU": 1.0}, 0.5, 0.0, n_shards=10) == 1         # always at least one
+    assert auto_actors({"CPU": 1.0}, 0.5, 0.0, n_shards=10) == 1  # always at least one

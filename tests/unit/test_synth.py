@@ -1,15 +1,15 @@
-"""Tests of the synthetic MEIJU Track 1 world generator (meiju_ray.synth)."""
+"""Tests of the synthetic MEIJU Track 1 world generator (meiju_ray.data.synth)."""
+
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from meiju_ray.data.synth import ModalitySpec, joint_table, write_world
 from meiju_ray.labels import EMOTIONS, INTENTS
-from meiju_ray.synth import ModalitySpec, joint_table, write_world
 
 # Small dims keep the tests fast; lengths still vary per utterance and modality.
 SMALL = (
@@ -81,8 +81,10 @@ def test_layout(world: tuple[Path, dict]) -> None:
             assert uid == f"Track1_{split}_{k:05d}.mp4"
             assert emo in EMOTIONS and intent in INTENTS
         listed[split] = [line.split()[0][:-4] for line in lines]
-    for split, path in (("Testing", out / "Annotation" / "Testing_files.txt"),
-                        ("NoAnnotation", out / "NoAnnotation" / "NoAnnotation_files.txt")):
+    for split, path in (
+        ("Testing", out / "Annotation" / "Testing_files.txt"),
+        ("NoAnnotation", out / "NoAnnotation" / "NoAnnotation_files.txt"),
+    ):
         lines = _lines(path)
         assert lines == [f"Track1_{split}_{k:05d}.mp4" for k in range(1, sizes[split] + 1)]
         hidden = [line.split(" ") for line in _lines(out / "hidden" / f"{split}_labels.txt")]
@@ -109,9 +111,13 @@ def test_deterministic(tmp_path: Path, world: tuple[Path, dict]) -> None:
     out, _ = world
     same = write_world(tmp_path / "same", seed=3, scale=0.02, unlabeled=40, modalities=SMALL)
     other = write_world(tmp_path / "other", seed=4, scale=0.02, unlabeled=40, modalities=SMALL)
-    rels = ["Annotation/Training_files.txt", "hidden/NoAnnotation_labels.txt", "world.json",
-            "Annotation/features/wav2vec/Track1_Validation_00002.npy",
-            "NoAnnotation/features/RoBERTa/Track1_NoAnnotation_00007.npy"]
+    rels = [
+        "Annotation/Training_files.txt",
+        "hidden/NoAnnotation_labels.txt",
+        "world.json",
+        "Annotation/features/wav2vec/Track1_Validation_00002.npy",
+        "NoAnnotation/features/RoBERTa/Track1_NoAnnotation_00007.npy",
+    ]
     for rel in rels:
         assert (out / rel).read_bytes() == (Path(same["path"]) / rel).read_bytes(), rel
     for rel in rels[3:]:
@@ -141,8 +147,10 @@ def test_learnable_intent_easier(medium: Path) -> None:
     scaler = StandardScaler().fit(x_tr := _pooled(medium, tr_ids))
     x_tr, x_ev = scaler.transform(x_tr), scaler.transform(_pooled(medium, va_ids + te_ids))
     scores = {}
-    for task, y_tr, y_ev in (("emotion", tr_emo, np.r_[va_emo, te_emo]),
-                             ("intent", tr_int, np.r_[va_int, te_int])):
+    for task, y_tr, y_ev in (
+        ("emotion", tr_emo, np.r_[va_emo, te_emo]),
+        ("intent", tr_int, np.r_[va_int, te_int]),
+    ):
         pred = LogisticRegression(C=0.05, max_iter=2000).fit(x_tr, y_tr).predict(x_ev)
         majority = np.full_like(y_ev, np.bincount(y_tr).argmax())
         scores[task] = f1_score(y_ev, pred, average="weighted")
@@ -163,13 +171,16 @@ def test_emotion_intent_coupling(medium: Path) -> None:
     assert joint_table().shape == (7, 8) and np.isclose(joint_table().sum(), 1.0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"scale": 0}, "scale"),
-    ({"scale": -1.0}, "scale"),
-    ({"unlabeled": -5}, "unlabeled"),
-    ({"label_noise": 1.0}, "label_noise"),
-    ({"label_noise": -0.1}, "label_noise"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"scale": 0}, "scale"),
+        ({"scale": -1.0}, "scale"),
+        ({"unlabeled": -5}, "unlabeled"),
+        ({"label_noise": 1.0}, "label_noise"),
+        ({"label_noise": -0.1}, "label_noise"),
+    ],
+)
 def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
     out = tmp_path / "w"
     with pytest.raises(ValueError, match=match):
@@ -193,8 +204,9 @@ def test_empty_existing_dir_ok_and_progress(tmp_path: Path) -> None:
     out.mkdir()
     messages: list[str] = []
     spec = (ModalitySpec("L", "RoBERTa", 4, 1, 3, 2),)
-    summary = write_world(out, scale=0.02, unlabeled=1000, modalities=spec,
-                          progress=messages.append)
+    summary = write_world(
+        out, scale=0.02, unlabeled=1000, modalities=spec, progress=messages.append
+    )
     assert summary["sizes"]["NoAnnotation"] == 1000
     assert any("1000/" in m for m in messages)
     assert (out / "world.json").is_file()

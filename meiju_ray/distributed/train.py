@@ -1,0 +1,277 @@
+"""Joint training with Ray Train: `TorchTrainer` + DDP (gloo on CPU, nccl on GPU).
+
+The worker loop is the local engine (`engine.fit`) with Ray's four marked lines around it:
+[1] data: this rank's rows of the packed splits (shipped once through the object store),
+[2] model: `prepare_model` wraps it in DDP, [3] report: metrics + a checkpoint every epoch,
+[4] fit: driver side, with `FailureConfig` so a dead worker is replaced and training resumes
+from the latest checkpoint. Epoch metrics reach the driver while training runs: a Train V2
+`UserCallback` on the controller puts rank 0's reports on a Ray queue the driver drains.
+
+`run_train` is the one entry point for training: in this process (`scaling.num_workers == 0`,
+the inner ring's `run_local`) or here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from meiju_ray.config import ExperimentConfig
+from meiju_ray.data.batching import iter_batches, shard_rows
+from meiju_ray.data.packing import PackedSplit
+from meiju_ray.model.network import build_model
+from meiju_ray.train.engine import (
+    FitResult,
+    fit,
+    make_optimizer,
+    seed_everything,
+    set_threads,
+    unwrap,
+)
+from meiju_ray.train.local import (
+    EpochCallback,
+    class_weights_for,
+    initial_weights,
+    load_train_val,
+    log_epoch,
+    prepare_output,
+    run_local,
+    write_outputs,
+)
+
+log = logging.getLogger("meiju_ray")
+STATE_FILE = "train_state.pt"
+
+
+def _save_state(
+    directory: str, model: torch.nn.Module, optimizer, epoch: int, result: FitResult
+) -> None:
+    torch.save(
+        {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "best_epoch": result.best_epoch,
+            "best": result.best,
+            "best_state": result.best_state,
+            "history": result.history,
+        },
+        os.path.join(directory, STATE_FILE),
+    )
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker. `config` = {"cfg": dict, "train": ref, "val": ref, ...}."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = ExperimentConfig.from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    set_threads(cfg.train.num_threads or max(1, int(cfg.scaling.cpus_per_worker)))
+    seed_everything(cfg.seed)
+
+    # [1] Data: every rank holds the (small) labelled splits and trains on its own rows each epoch.
+    train: PackedSplit = ray.get(config["train"])
+    val: PackedSplit = ray.get(config["val"])
+    per_rank_batch = max(1, cfg.train.batch_size // world)
+
+    # [2] Model: DDP over gloo (CPU) or nccl (GPU); device from Ray.
+    model = build_model(cfg)
+    if config.get("init") is not None:
+        model.load_state_dict(ray.get(config["init"]))
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = make_optimizer(model, cfg.train)
+    state, start_epoch = None, 0
+    restored = ray.train.get_checkpoint()
+    if restored:  # resume after a worker failure (or a restarted run)
+        with restored.as_directory() as d:
+            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        unwrap(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start_epoch = saved["epoch"] + 1
+        state = FitResult(saved["best_epoch"], saved["best"], saved["history"], saved["best_state"])
+
+    def report(epoch: int, metrics: dict, is_best: bool) -> None:
+        # [3] Report: every rank reports; rank 0 attaches the checkpoint (latest state + best weights).
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                _save_state(tmp, model, optimizer, epoch, current)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(
+                {**metrics, "is_best": is_best, "resumed_from": start_epoch}, checkpoint=checkpoint
+            )
+
+    current = state or FitResult(best_epoch=-1, best={"emo": 0.0, "int": 0.0, "joint": -1.0})
+    t = cfg.train
+    fit(
+        model,
+        t,
+        cfg.loss,
+        device,
+        train_batches=lambda e: iter_batches(
+            train,
+            per_rank_batch,
+            True,
+            cfg.seed + e,
+            t.bucket_by_length,
+            rows=shard_rows(len(train), rank, world, cfg.seed + e),
+        ),
+        val_batches=lambda: iter_batches(val, 2 * t.batch_size, False, 0, t.bucket_by_length),
+        class_weights=class_weights_for(cfg, train),
+        on_epoch=report,
+        start_epoch=start_epoch,
+        optimizer=optimizer,
+        state=current,
+        augment=cfg.augment,
+    )
+
+
+def epoch_stream():
+    """(callback, queue): a Train V2 `UserCallback` (it runs on the Train controller) that puts rank 0's
+    report of every epoch on a Ray queue, which the driver drains while `fit()` runs."""
+    from ray.train import UserCallback
+    from ray.util.queue import Queue
+
+    class EpochStream(UserCallback):
+        def __init__(self, queue: Queue):
+            self.queue = queue
+
+        def after_report(self, run_context, metrics, checkpoint):
+            self.queue.put(dict(metrics[0]))
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    return EpochStream(queue), queue
+
+
+def build_trainer(
+    cfg: ExperimentConfig, loop_config: dict, storage: Path | str, callbacks: list | None = None
+):
+    """TorchTrainer from config: workers, CPUs/GPUs per worker, failure and checkpoint policy.
+
+    `callbacks` go to Train's RunConfig (a Tune trial passes TuneReportCallback; meiju_ray.distributed.tune);
+    `storage` may also be a URI string such as s3://bucket/prefix (shared by all nodes)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(storage.resolve()) if isinstance(storage, Path) else storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def run_train(
+    cfg: ExperimentConfig,
+    extra_train: PackedSplit | None = None,
+    on_epoch: EpochCallback | None = None,
+    init_from: Path | None = None,
+) -> dict:
+    """`meiju-ray train`: in this process when scaling.num_workers == 0, else on Ray Train workers.
+    Both write the same outputs (checkpoint/, metrics.json, history.json, config.yaml).
+    `init_from`: a checkpoint directory whose weights the model starts from."""
+    if cfg.scaling.num_workers >= 1:
+        return run_distributed(cfg, extra_train, on_epoch, init_from)
+    return run_local(cfg, extra_train, on_epoch, init_from)
+
+
+def run_distributed(
+    cfg: ExperimentConfig,
+    extra_train: PackedSplit | None = None,
+    on_epoch: EpochCallback | None = None,
+    init_from: Path | None = None,
+) -> dict:
+    """Driver side of `meiju-ray train` with scaling.num_workers >= 1; same outputs as local mode."""
+    import ray
+
+    from meiju_ray.distributed.cluster import init_ray
+
+    out = prepare_output(cfg)
+    init_ray(cfg.ray)
+    train, val = load_train_val(cfg, extra_train)
+    initial = None if init_from is None else ray.put(initial_weights(init_from))
+    loop_config = {"cfg": cfg.to_dict(), "train": ray.put(train), "val": ray.put(val), "init": initial}
+    log.info(
+        "Ray Train: starting %d workers x %g CPU%s on %d training rows (the worker group and the "
+        "process group take a while to start)",
+        cfg.scaling.num_workers,
+        cfg.scaling.cpus_per_worker,
+        " + GPU" if cfg.scaling.use_gpu else "",
+        len(train),
+    )
+    # [4] Fit on the cluster. Ray Train restores a run whose storage directory already holds checkpoints,
+    # so a second `train` into the same output_dir would silently hand back the first run's results
+    # (whatever the new config says). Each call is a fresh run; worker failures inside it still resume.
+    storage = out / "ray_train"
+    if storage.exists():
+        log.info(
+            "removing the previous run's Ray Train state at %s (a new run starts from scratch)",
+            storage,
+        )
+        shutil.rmtree(storage)
+    stream, queue = epoch_stream()
+    done = threading.Event()
+
+    def drain() -> None:  # epoch lines and on_epoch (e.g. MLflow) while the workers train
+        while not (done.is_set() and queue.empty()):
+            try:
+                m = queue.get(timeout=0.5)
+            except Exception:  # ray.util.queue.Empty: nothing reported yet
+                continue
+            log_epoch(int(m["epoch"]), m, bool(m["is_best"]))
+            if on_epoch:
+                on_epoch(int(m["epoch"]), m, bool(m["is_best"]))
+
+    reader = threading.Thread(target=drain, name="epoch-stream", daemon=True)
+    reader.start()
+    try:
+        result = build_trainer(cfg, loop_config, storage, callbacks=[stream]).fit()
+    finally:
+        done.set()
+        reader.join()
+        queue.shutdown()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+    history = saved["history"]
+    fit_result = FitResult(
+        saved["best_epoch"],
+        saved["best"],
+        history,
+        saved["best_state"],
+        stopped_early=len(history) < cfg.train.epochs,
+    )
+    n_extra = 0 if extra_train is None else len(extra_train)
+    return write_outputs(
+        cfg,
+        fit_result,
+        train,
+        val,
+        {
+            "n_pseudo": n_extra,
+            "num_workers": cfg.scaling.num_workers,
+            "resumed_from_epoch": int(result.metrics.get("resumed_from", 0)),
+        },
+    )

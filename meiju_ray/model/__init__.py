@@ -1,0 +1,1 @@
+"""Inner ring: the joint emotion + intent network and its losses (torch only)."""

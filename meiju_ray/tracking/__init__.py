@@ -1,0 +1,1 @@
+"""Outer ring, MLflow: the run tracker, sweep runs, the UI."""

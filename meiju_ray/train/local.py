@@ -1,0 +1,191 @@
+"""In-process training: labelled (+ optional pseudo-labelled) rows -> best checkpoint + metrics.json.
+
+`run_local(cfg)` is the `scaling.num_workers == 0` path; `meiju_ray.distributed.train.run_train`
+chooses between it and Ray Train, which runs the same engine functions on every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from meiju_ray.config import ExperimentConfig, check_required, to_yaml
+from meiju_ray.data.batching import iter_batches
+from meiju_ray.data.packing import PackedSplit, load_split
+from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
+from meiju_ray.model.losses import balanced_class_weights
+from meiju_ray.model.network import build_model, count_parameters
+from meiju_ray.train import checkpoint
+from meiju_ray.train.engine import FitResult, fit, resolve_device, seed_everything, set_threads
+from meiju_ray.train.metrics import majority_scores
+
+log = logging.getLogger("meiju_ray")
+
+EpochCallback = Callable[[int, dict[str, float], bool], None]
+
+
+def class_weights_for(cfg: ExperimentConfig, train: PackedSplit) -> dict[str, torch.Tensor] | None:
+    if cfg.loss.class_weights != "balanced":
+        return None
+    return {
+        "emotion": balanced_class_weights(train.emotion, len(cfg.data.emotion_labels)),
+        "intent": balanced_class_weights(train.intent, len(cfg.data.intent_labels)),
+    }
+
+
+def load_train_val(
+    cfg: ExperimentConfig, extra_train: PackedSplit | None = None
+) -> tuple[PackedSplit, PackedSplit]:
+    """Pack (cached) and load the training and validation splits; append pseudo-labelled rows."""
+    progress = lambda msg: log.info(msg)  # noqa: E731
+    train = load_split(cfg.data, cfg.data.train_split, progress)
+    val = load_split(cfg.data, cfg.data.val_split, progress)
+    if extra_train is not None and len(extra_train):
+        train = PackedSplit.concat([train, extra_train])
+    return train, val
+
+
+def initial_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a saved checkpoint (a student starting from its teacher)."""
+    return torch.load(Path(checkpoint_dir) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True)
+
+
+def fit_local(
+    cfg: ExperimentConfig,
+    train: PackedSplit,
+    val: PackedSplit,
+    on_epoch: EpochCallback | None = None,
+    model: torch.nn.Module | None = None,
+) -> tuple[FitResult, torch.nn.Module]:
+    """The in-process training path. `model`: train this one (built from cfg when None; pass it to
+    read its live weights from `on_epoch`)."""
+    seed_everything(cfg.seed)
+    set_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    model = (model or build_model(cfg)).to(device)
+    log.info(
+        "model: %s preset, %s encoders, %.2fM parameters, device %s",
+        cfg.model.preset,
+        cfg.model.sharing,
+        count_parameters(model) / 1e6,
+        device,
+    )
+    t = cfg.train
+    result = fit(
+        model,
+        t,
+        cfg.loss,
+        device,
+        train_batches=lambda epoch: iter_batches(
+            train, t.batch_size, True, cfg.seed + epoch, t.bucket_by_length
+        ),
+        val_batches=lambda: iter_batches(val, 2 * t.batch_size, False, 0, t.bucket_by_length),
+        class_weights=class_weights_for(cfg, train),
+        on_epoch=on_epoch,
+        augment=cfg.augment,
+    )
+    return result, model
+
+
+def log_epoch(epoch: int, m: dict[str, float], is_best: bool) -> None:
+    log.info(
+        "epoch %3d  loss %.4f  val emo %.4f int %.4f joint %.4f%s  (%.1fs)",
+        epoch + 1,
+        m["train_loss"],
+        m["val_emo"],
+        m["val_int"],
+        m["val_joint"],
+        "  *best" if is_best else "",
+        m["epoch_seconds"],
+    )
+
+
+def write_outputs(
+    cfg: ExperimentConfig,
+    result: FitResult,
+    train: PackedSplit,
+    val: PackedSplit,
+    extra: dict | None = None,
+) -> dict:
+    """checkpoint/ (best epoch), metrics.json, history.json in cfg.output_dir; returns the metrics."""
+    out = Path(cfg.output_dir)
+    if result.best_state is None:
+        raise RuntimeError("training produced no checkpoint (no epoch was validated)")
+    majority = majority_scores(
+        train.emotion, train.intent, val.emotion, val.intent, cfg.train.track
+    )
+    metrics = {
+        "emo": result.best["emo"],
+        "int": result.best["int"],
+        "joint": result.best["joint"],
+        "best_epoch": result.best_epoch + 1,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "seconds": round(result.seconds, 2),
+        "n_train": len(train),
+        "n_val": len(val),
+        "majority_baseline": majority,
+        **(extra or {}),
+    }
+    checkpoint.save(
+        out / "checkpoint",
+        result.best_state,
+        cfg,
+        {"epoch": result.best_epoch + 1, "val": result.best},
+    )
+    write_json_atomic(out / "history.json", result.history)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def prepare_output(cfg: ExperimentConfig) -> Path:
+    """Check the required keys, create output_dir, write the resolved config.yaml."""
+    check_required(cfg)
+    out = ensure_writable_dir(cfg.output_dir)
+    write_text_atomic(out / "config.yaml", to_yaml(cfg))
+    return out
+
+
+def run_local(
+    cfg: ExperimentConfig,
+    extra_train: PackedSplit | None = None,
+    on_epoch: EpochCallback | None = None,
+    init_from: Path | None = None,
+) -> dict:
+    """Train in this process on data.train_split (+ extra rows), select on data.val_split; write
+    outputs; return metrics. `init_from`: a checkpoint whose weights the model starts from."""
+    out = prepare_output(cfg)
+    train, val = load_train_val(cfg, extra_train)
+    log.info(
+        "training on %d rows (%d extra), validating on %d",
+        len(train),
+        0 if extra_train is None else len(extra_train),
+        len(val),
+    )
+
+    def callback(epoch: int, m: dict[str, float], is_best: bool) -> None:
+        log_epoch(epoch, m, is_best)
+        if on_epoch:
+            on_epoch(epoch, m, is_best)
+
+    model = None
+    if init_from is not None:
+        seed_everything(cfg.seed)
+        model = build_model(cfg)
+        model.load_state_dict(initial_weights(init_from))
+    result, _ = fit_local(cfg, train, val, callback, model=model)
+    n_extra = 0 if extra_train is None else len(extra_train)
+    metrics = write_outputs(cfg, result, train, val, {"n_pseudo": n_extra})
+    log.info(
+        "best epoch %d: val emo %.4f int %.4f joint %.4f (majority-class joint %.4f) -> %s",
+        metrics["best_epoch"],
+        metrics["emo"],
+        metrics["int"],
+        metrics["joint"],
+        metrics["majority_baseline"]["joint"],
+        out,
+    )
+    return metrics
