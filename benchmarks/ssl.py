@@ -301,7 +301,8 @@ def run(args) -> str:
     )
     legend = "\n".join(f"- `{k}`: {v[0]}" for k, v in RECIPES.items() if k in args.recipes)
     return (
-        f"World `{root.name}` ({args.dims} dims, labelled scale {args.scale:g}, {args.unlabeled} pool "
+        f"World `{root.name}` ({args.dims} dims, labelled scale {args.scale:g}, "
+        f"{args.unlabeled} pool "
         f"rows); seeds {seeds} (each seed: its own teacher, the same for every recipe); headroom "
         f"H = oracle - supervised = {headroom:+.4f} test joint.\n\n{table}\n\n{legend}\n"
     )

@@ -6,6 +6,7 @@ round-trips through `to_dict` / `from_dict`, which is how it crosses into Ray wo
 trials. The sections are pydantic dataclasses rather than OmegaConf: typed fields, Literal choices
 and ranges declared on the fields, errors that carry their location, and ray[default] installs it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,9 +89,9 @@ def _section(cls: type) -> type:
 
 @_section
 class ModalityConfig:
-    name: Str                 # short tag used in batch keys: "A", "V", "L"
-    folder: Str               # sub-folder of the feature dir holding <id>.npy
-    dim: PositiveInt          # D of every [T, D] array; a mismatch is an error, never reshaped
+    name: Str  # short tag used in batch keys: "A", "V", "L"
+    folder: Str  # sub-folder of the feature dir holding <id>.npy
+    dim: PositiveInt  # D of every [T, D] array; a mismatch is an error, never reshaped
     encoder: Literal["", Encoder] = ""  # "" = the model default for this preset
     max_len: NonNegativeInt = 0  # keep at most this many frames (evenly subsampled); 0 = all
 
@@ -104,21 +105,22 @@ DEFAULT_MODALITIES = [
 
 @_section
 class DataConfig:
-    root: Str = ""                                    # required: the Track1/<lang> directory
-    annotation_dir: Str = "Annotation"                # holds <split>_files.txt (relative to root)
-    feature_dir: Str = "Annotation/features"          # labelled/test features (relative to root)
-    unlabeled_dir: Str = "NoAnnotation"               # unlabelled pool (list file optional)
+    root: Str = ""  # required: the Track1/<lang> directory
+    annotation_dir: Str = "Annotation"  # holds <split>_files.txt (relative to root)
+    feature_dir: Str = "Annotation/features"  # labelled/test features (relative to root)
+    unlabeled_dir: Str = "NoAnnotation"  # unlabelled pool (list file optional)
     unlabeled_feature_dir: Str = "NoAnnotation/features"
     unlabeled_truth: Str = "hidden/NoAnnotation_labels.txt"  # withheld pool labels, if any
-    cache_dir: Str = ""                               # packed shards; "" = <root>/.meiju_packed
+    cache_dir: Str = ""  # packed shards; "" = <root>/.meiju_packed
     train_split: Str = "Training"
     val_split: Str = "Validation"
     test_split: Str = "Testing"
     modalities: list[ModalityConfig] = field(
-        default_factory=lambda: [dataclasses.replace(m) for m in DEFAULT_MODALITIES])
+        default_factory=lambda: [dataclasses.replace(m) for m in DEFAULT_MODALITIES]
+    )
     emotion_labels: list[Str] = field(default_factory=lambda: list(EMOTIONS))
     intent_labels: list[Str] = field(default_factory=lambda: list(INTENTS))
-    rows_per_shard: Int = 1024        # rows per packed Parquet shard (= one pseudo-label work item)
+    rows_per_shard: Int = 1024  # rows per packed Parquet shard (= one pseudo-label work item)
 
     @field_validator("modalities")
     @classmethod
@@ -142,7 +144,7 @@ class DataConfig:
 class ModelConfig:
     preset: Literal["paper", "baseline"] = "paper"  # baseline = docs/baseline.md §3 topology
     hidden: Int = 128
-    encoder: Encoder = "pool"        # default encoder for every modality
+    encoder: Encoder = "pool"  # default encoder for every modality
     sharing: Literal["shared", "per_task"] = "shared"  # shared: one encoder stack for both tasks
     fusion_layers: Int = 1
     fusion_heads: PositiveInt = 4
@@ -156,7 +158,7 @@ class ModelConfig:
     #                                  IntCF)
     classifier: list[Int] = field(default_factory=lambda: [128, 64])
     dropout: Fraction = 0.3
-    input_dropout: Fraction = 0.1    # dropout on raw frame features
+    input_dropout: Fraction = 0.1  # dropout on raw frame features
 
     @field_validator("fusion_heads", "heads_emo_to_int", "heads_int_to_emo")
     @classmethod
@@ -171,7 +173,7 @@ class ModelConfig:
 class LossConfig:
     emotion_weight: Float = 1.0
     intent_weight: Float = 1.0
-    aux_weight: Float = 1.0          # weight of the auxiliary concatenation heads (EmoCF, IntCF)
+    aux_weight: Float = 1.0  # weight of the auxiliary concatenation heads (EmoCF, IntCF)
     label_smoothing: Fraction = 0.0
     class_weights: Literal["none", "balanced"] = "none"  # balanced: inverse training frequency
 
@@ -182,17 +184,18 @@ class TrainConfig:
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-3
     betas: Annotated[list[Float], Field(min_length=2, max_length=2)] = field(
-        default_factory=lambda: [0.9, 0.999])
+        default_factory=lambda: [0.9, 0.999]
+    )
     weight_decay: Float = 1e-4
     schedule: Literal["constant", "linear", "cosine"] = "cosine"  # linear (baseline): constant,
     #                                  then linear decay
-    constant_epochs: Int = 0         # epochs at full LR before the decay (baseline niter)
+    constant_epochs: Int = 0  # epochs at full LR before the decay (baseline niter)
     grad_clip: NonNegativeFloat = 1.0  # 0 = off
-    patience: NonNegativeInt = 8     # early stopping on validation joint; 0 = off
-    bucket_by_length: Bool = True    # group similar lengths so little is spent on padding
-    device: Str = "auto"             # auto | cpu | cuda | cuda:N
-    num_threads: Int = 0             # torch threads per process; 0 = cores / processes on this node
-    amp: Bool = False                # autocast on cuda
+    patience: NonNegativeInt = 8  # early stopping on validation joint; 0 = off
+    bucket_by_length: Bool = True  # group similar lengths so little is spent on padding
+    device: Str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: Int = 0  # torch threads per process; 0 = cores / processes on this node
+    amp: Bool = False  # autocast on cuda
     # 1: weighted F1 per task; 2: micro F1 (a bare Literal[1, 2] would take True as 1)
     track: Annotated[Literal[1, 2], BeforeValidator(_reject_bool)] = 1
 
@@ -203,37 +206,38 @@ class WorkersConfig:
     use_gpu: Bool = False
     cpus_per_worker: Float = 1.0
     gpus_per_worker: Float = 1.0
-    max_failures: Int = 2            # a dead worker is replaced and training resumes from the
+    max_failures: Int = 2  # a dead worker is replaced and training resumes from the
     #                                  latest checkpoint
 
 
 @_section
 class PseudoLabelConfig:
     """Teacher -> pseudo-labels on the unlabelled pool -> student (docs: paper.md §5-6)."""
+
     enabled: Bool = True
     rule: Literal["per_task", "joint", "classwise", "topk", "adaptive", "quantile"] = "per_task"
     #   adaptive, quantile: per-class bars set from the teacher's own confidences on the pool
-    threshold: Probability = 0.99    # the winning paper's bar; per task, or both tasks for `joint`
+    threshold: Probability = 0.99  # the winning paper's bar; per task, or both tasks for `joint`
     class_thresholds: dict[Str, dict[Str, Probability]] = field(default_factory=dict)
     #   classwise: {"emotion": {"fear": 0.85, ...}, "intent": {...}}; unlisted classes: `threshold`
     topk_per_class: PositiveInt = 100  # topk: the k most confident rows predicted as each class
     min_confidence: Probability = 0.0  # topk: and at least this confident
     quantile: Annotated[Float, Field(gt=0, lt=1)] = 0.8  # quantile: per task and predicted class,
     #   keep the rows whose confidence is at least that class's q-quantile
-    consistency: Bool = False        # reject (emotion, intent) pairs never seen in training labels
+    consistency: Bool = False  # reject (emotion, intent) pairs never seen in training labels
     calibrate: Literal["none", "temperature"] = "temperature"  # fit on validation, then threshold
-    weight: PositiveFloat = 1.0      # loss weight of a pseudo-labelled row (gold rows weigh 1)
+    weight: PositiveFloat = 1.0  # loss weight of a pseudo-labelled row (gold rows weigh 1)
     weighting: Literal["constant", "confidence"] = "constant"  # confidence: weight * confidence
     targets: Literal["hard", "soft"] = "hard"  # soft: KL to the calibrated teacher distribution,
     #   for every pool row
     soft_temperature: PositiveFloat = 1.0  # soft targets: teacher probs ** (1/T); T < 1 sharpens
-    align: Bool = False              # distribution alignment: teacher probabilities moved toward
+    align: Bool = False  # distribution alignment: teacher probabilities moved toward
     #   the class prior of the labelled rows
     student_init: Literal["scratch", "teacher"] = "scratch"  # teacher: start from its weights
-    rounds: PositiveInt = 1          # teacher -> student -> student becomes the next teacher
-    max_rows: Int = 0                # use at most this many unlabelled rows (0 = all)
-    actors: NonNegativeInt = 1       # Ray Data inference actors; 0 = as many as the cluster holds
-    cpus_per_actor: Float = 0.5      # actors x this <= cluster CPUs - 1 (Ray Data's ListFiles
+    rounds: PositiveInt = 1  # teacher -> student -> student becomes the next teacher
+    max_rows: Int = 0  # use at most this many unlabelled rows (0 = all)
+    actors: NonNegativeInt = 1  # Ray Data inference actors; 0 = as many as the cluster holds
+    cpus_per_actor: Float = 0.5  # actors x this <= cluster CPUs - 1 (Ray Data's ListFiles
     #                                  needs 1 CPU)
     in_process_below: NonNegativeInt = 20000  # on a private local Ray, pools with fewer rows are
     #   labelled in this process by the same per-shard code: Ray Data's actor start-up (~5 s on
@@ -246,28 +250,29 @@ class PseudoLabelConfig:
 @_section
 class AugmentConfig:
     """Feature-level noise applied to the student only (noisy student); each value is a rate."""
+
     modality_dropout: Fraction = 0.0  # drop a whole modality of a row
-    frame_mask: Fraction = 0.0       # mask frames of a [T, D] sequence
+    frame_mask: Fraction = 0.0  # mask frames of a [T, D] sequence
     feature_dropout: Fraction = 0.0  # drop single feature values
-    gaussian_mix: Fraction = 0.0     # mix Gaussian noise into the features
+    gaussian_mix: Fraction = 0.0  # mix Gaussian noise into the features
     apply_to: Literal["pseudo", "all"] = "all"  # which training rows get the noise
 
 
 @_section
 class TrackingConfig:
     enabled: Bool = True
-    uri: Str = ""                    # "" = sqlite:///<abs output_dir/..>/mlflow.db; or http://...
+    uri: Str = ""  # "" = sqlite:///<abs output_dir/..>/mlflow.db; or http://...
     experiment: Str = "meiju_ray"
     run_name: Str = ""
-    register_model: Str = ""         # sweeps: register the best trial's model under this name
+    register_model: Str = ""  # sweeps: register the best trial's model under this name
     #                                  ("" = don't)
 
 
 @_section
 class RayConfig:
-    address: Str = ""                # "" = $RAY_ADDRESS if set, else a private local cluster
-    num_cpus: Int = 0                # local cluster size; 0 = all cores
-    object_store_mb: Int = 512       # local cluster object store (the default takes 30% of RAM)
+    address: Str = ""  # "" = $RAY_ADDRESS if set, else a private local cluster
+    num_cpus: Int = 0  # local cluster size; 0 = all cores
+    object_store_mb: Int = 512  # local cluster object store (the default takes 30% of RAM)
 
 
 @_section
@@ -282,26 +287,27 @@ class SweepConfig:
         head_split: {keys: [model.heads_emo_to_int, model.heads_int_to_emo],
                      choice: [[4, 2], [2, 4]]}
     """
-    name: Str = "sweep"              # <output_dir>/tune/<name>; MLflow parent run: "sweep:<name>"
+
+    name: Str = "sweep"  # <output_dir>/tune/<name>; MLflow parent run: "sweep:<name>"
     search_space: dict[Str, dict[Str, list[Any]]] = field(default_factory=dict)
-    metric: Str = "val_joint"        # a per-epoch metric of the engine (val_joint, val_emo,
+    metric: Str = "val_joint"  # a per-epoch metric of the engine (val_joint, val_emo,
     #                                  val_int, train_loss)
     mode: Literal["max", "min"] = "max"
-    num_samples: PositiveInt = 4     # samples of the space (each grid point: num_samples times)
+    num_samples: PositiveInt = 4  # samples of the space (each grid point: num_samples times)
     max_concurrent_trials: NonNegativeInt = 0  # 0 = as many as the cluster's resources allow
     cpus_per_trial: PositiveFloat = 1.0  # the trial process (with scaling.num_workers >= 1: only
     #   the Train driver); > 0 as Ray Tune rejects a trial with no CPU
     gpus_per_trial: NonNegativeFloat = 0.0
     scheduler: Literal["asha", "none"] = "asha"
-    grace_period: PositiveInt = 1    # ASHA: epochs every trial gets before it can be stopped
+    grace_period: PositiveInt = 1  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: Annotated[Int, Field(ge=2)] = 2  # ASHA: keep the best 1/this at each rung
     search_alg: Literal["random", "optuna"] = "random"  # random (incl. grid) | optuna (needs the
     #                                  optuna package)
     trial: Literal["student", "train"] = "student"  # student: gold + re-thresholded
     #                                  pseudo-labels | train: gold labels only
-    teacher_checkpoint: Str = ""     # student trials: an existing teacher; "" = train one before
+    teacher_checkpoint: Str = ""  # student trials: an existing teacher; "" = train one before
     #                                  the sweep
-    storage: Str = ""                # Tune's experiment storage; "" = <output_dir>/tune. With
+    storage: Str = ""  # Tune's experiment storage; "" = <output_dir>/tune. With
     #                                  workers on other nodes: a path every node mounts, or
     #                                  s3://bucket/prefix
 
@@ -314,7 +320,7 @@ class SweepConfig:
 @_section
 class ExperimentConfig:
     seed: Int = 0
-    output_dir: Str = ""             # required
+    output_dir: Str = ""  # required
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -358,13 +364,23 @@ def validate(cfg: ExperimentConfig) -> None:
 # pydantic errors -> one line naming the dotted key; the allowed values of a choice
 
 _EXPECTED = {  # pydantic error type -> what the key expects
-    "int_type": "int", "float_type": "float", "float_parsing": "float", "bool_type": "bool",
-    "number_type": "a number (not a bool)", "finite_number": "a finite number",
-    "string_type": "str", "list_type": "a list", "dict_type": "a mapping",
-    "dataclass_type": "a mapping", "literal_error": "{expected}",
-    "greater_than": "a number > {gt}", "greater_than_equal": "a number >= {ge}",
-    "less_than": "a number < {lt}", "less_than_equal": "a number <= {le}",
-    "too_short": "at least {min_length} items", "too_long": "at most {max_length} items",
+    "int_type": "int",
+    "float_type": "float",
+    "float_parsing": "float",
+    "bool_type": "bool",
+    "number_type": "a number (not a bool)",
+    "finite_number": "a finite number",
+    "string_type": "str",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "dataclass_type": "a mapping",
+    "literal_error": "{expected}",
+    "greater_than": "a number > {gt}",
+    "greater_than_equal": "a number >= {ge}",
+    "less_than": "a number < {lt}",
+    "less_than_equal": "a number <= {le}",
+    "too_short": "at least {min_length} items",
+    "too_long": "at most {max_length} items",
 }
 
 
@@ -402,9 +418,14 @@ def _type_at(section: Any, path: typing.Iterable[str | int]) -> Any:
 
 
 # the key of each section, so that errors of e.g. dataclasses.replace(cfg.train, ...) say train.lr
-_SECTION_KEYS = {ExperimentConfig: "", **{section: name for name, section
-                                           in typing.get_type_hints(ExperimentConfig).items()
-                                           if dataclasses.is_dataclass(section)}}
+_SECTION_KEYS = {
+    ExperimentConfig: "",
+    **{
+        section: name
+        for name, section in typing.get_type_hints(ExperimentConfig).items()
+        if dataclasses.is_dataclass(section)
+    },
+}
 
 
 def choices(key: str) -> tuple[Any, ...]:
@@ -422,7 +443,7 @@ def choices(key: str) -> tuple[Any, ...]:
 # the sweep grammar (search_space is free-form YAML, so it is checked by hand)
 
 SEARCH_DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
-_SWEEP_NAME = re.compile(r"[A-Za-z0-9_.\-]+")   # also what MLflow accepts in a param name
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # also what MLflow accepts in a param name
 
 
 def as_number(value: Any) -> float | int | None:
@@ -446,54 +467,70 @@ def validate_tune(t: SweepConfig) -> None:
     for key, spec in t.search_space.items():
         where = f"tune.search_space.{key}"
         if not _SWEEP_NAME.fullmatch(key):
-            raise ConfigError(f"config key '{where}': use a dotted config key or a plain name "
-                              "(letters, digits, _ . -)")
+            raise ConfigError(
+                f"config key '{where}': use a dotted config key or a plain name "
+                "(letters, digits, _ . -)"
+            )
         names = spec.get("keys", [key])
         if not names or not all(isinstance(k, str) and _SWEEP_NAME.fullmatch(k) for k in names):
-            raise ConfigError(f"config key '{where}.keys': expected a list of dotted config keys, "
-                              f"got {names!r}")
+            raise ConfigError(
+                f"config key '{where}.keys': expected a list of dotted config keys, got {names!r}"
+            )
         dists = {k: v for k, v in spec.items() if k != "keys"}
         if len(dists) != 1:
-            raise ConfigError(f"config key '{where}': expected exactly one distribution "
-                              f"({' | '.join(SEARCH_DISTRIBUTIONS)}), "
-                              f"got {sorted(dists) or 'none'}")
-        (kind, values), = dists.items()
+            raise ConfigError(
+                f"config key '{where}': expected exactly one distribution "
+                f"({' | '.join(SEARCH_DISTRIBUTIONS)}), "
+                f"got {sorted(dists) or 'none'}"
+            )
+        ((kind, values),) = dists.items()
         if kind not in SEARCH_DISTRIBUTIONS:
-            raise ConfigError(f"config key '{where}': unknown distribution {kind!r} "
-                              f"(one of {list(SEARCH_DISTRIBUTIONS)})")
+            raise ConfigError(
+                f"config key '{where}': unknown distribution {kind!r} "
+                f"(one of {list(SEARCH_DISTRIBUTIONS)})"
+            )
         if not values:
             raise ConfigError(f"config key '{where}.{kind}': the list is empty")
         if kind in ("choice", "grid"):
-            if len(names) > 1 and not all(isinstance(v, list) and len(v) == len(names)
-                                          for v in values):
-                raise ConfigError(f"config key '{where}.{kind}': every value must be a list of "
-                                  f"{len(names)} items, one per key of {names}")
+            if len(names) > 1 and not all(
+                isinstance(v, list) and len(v) == len(names) for v in values
+            ):
+                raise ConfigError(
+                    f"config key '{where}.{kind}': every value must be a list of "
+                    f"{len(names)} items, one per key of {names}"
+                )
             if kind == "grid" and t.search_alg == "optuna":
-                raise ConfigError(f"config key '{where}': grid is not supported with "
-                                  "tune.search_alg=optuna (use choice)")
+                raise ConfigError(
+                    f"config key '{where}': grid is not supported with "
+                    "tune.search_alg=optuna (use choice)"
+                )
             continue
         if len(names) > 1:
-            raise ConfigError(f"config key '{where}': keys swept together need choice or grid, "
-                              f"not {kind}")
+            raise ConfigError(
+                f"config key '{where}': keys swept together need choice or grid, not {kind}"
+            )
         if len(values) != 2 or any(as_number(v) is None for v in values):
-            raise ConfigError(f"config key '{where}.{kind}': expected [lo, hi] (two numbers), "
-                              f"got {values!r}")
+            raise ConfigError(
+                f"config key '{where}.{kind}': expected [lo, hi] (two numbers), got {values!r}"
+            )
         lo, hi = (as_number(v) for v in values)
         if not lo < hi:
             raise ConfigError(f"config key '{where}.{kind}': needs lo < hi, got [{lo}, {hi}]")
         if kind == "loguniform" and lo <= 0:
             raise ConfigError(f"config key '{where}.loguniform': needs lo > 0, got [{lo}, {hi}]")
         if kind == "randint" and not all(isinstance(v, int) for v in values):
-            raise ConfigError(f"config key '{where}.randint': needs integers [lo, hi), "
-                              f"got {values!r}")
+            raise ConfigError(
+                f"config key '{where}.randint': needs integers [lo, hi), got {values!r}"
+            )
 
 
 def check_required(cfg: ExperimentConfig) -> None:
     """Keys a run cannot do without: data.root, output_dir (seed always has a value)."""
     for key, value in (("data.root", cfg.data.root), ("output_dir", cfg.output_dir)):
         if not value:
-            raise ConfigError(f"config key '{key}' must be set (in the experiment YAML or as "
-                              f"{key}=...)")
+            raise ConfigError(
+                f"config key '{key}' must be set (in the experiment YAML or as {key}=...)"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,8 +560,11 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),
-                require: bool = True) -> ExperimentConfig:
+def load_config(
+    path: str | os.PathLike | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    require: bool = True,
+) -> ExperimentConfig:
     """Load an experiment YAML, apply `key=value` overrides, type-check and validate.
 
     Relative `data.root` / `output_dir` in the YAML stay relative to the current directory
@@ -576,16 +616,20 @@ def anchor_paths(cfg: ExperimentConfig, base: str | os.PathLike) -> ExperimentCo
         return str(base / value) if relative else value
 
     uri = cfg.tracking.uri.strip()
-    if uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///"):]):
-        uri = "sqlite:///" + anchor(uri[len("sqlite:///"):])
+    if uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///") :]):
+        uri = "sqlite:///" + anchor(uri[len("sqlite:///") :])
     storage = cfg.tune.storage if "://" in cfg.tune.storage else anchor(cfg.tune.storage)
     return dataclasses.replace(
-        cfg, output_dir=anchor(cfg.output_dir),
+        cfg,
+        output_dir=anchor(cfg.output_dir),
         data=dataclasses.replace(cfg.data, root=anchor(cfg.data.root)),
-        tune=dataclasses.replace(cfg.tune, teacher_checkpoint=anchor(cfg.tune.teacher_checkpoint),
-                                 storage=storage),
-        tracking=dataclasses.replace(cfg.tracking, uri=uri if uri != cfg.tracking.uri.strip()
-                                     else cfg.tracking.uri))
+        tune=dataclasses.replace(
+            cfg.tune, teacher_checkpoint=anchor(cfg.tune.teacher_checkpoint), storage=storage
+        ),
+        tracking=dataclasses.replace(
+            cfg.tracking, uri=uri if uri != cfg.tracking.uri.strip() else cfg.tracking.uri
+        ),
+    )
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

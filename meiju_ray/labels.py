@@ -1,4 +1,5 @@
-"""Label sets of the MEIJU'25 baseline (docs: baseline.md §2), lower-case strings, ids = list index."""
+"""Label sets of the MEIJU'25 baseline (docs: baseline.md §2), lower-case strings, ids = list
+index."""
 
 EMOTIONS: tuple[str, ...] = ("happy", "surprise", "sad", "disgust", "anger", "fear", "neutral")
 INTENTS: tuple[str, ...] = (

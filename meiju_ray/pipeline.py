@@ -3,7 +3,8 @@
     <output_dir>/teacher/           supervised-only model (checkpoint/, metrics.json, history.json)
     <output_dir>/pseudo_r<k>/       pseudo_labels.parquet + summary.json of round k
     <output_dir>/student_r<k>/      student of round k (labelled + pseudo-labelled rows)
-    <output_dir>/metrics.json       teacher and student validation emo/int/joint, gain, pseudo counts
+    <output_dir>/metrics.json       teacher and student validation emo/int/joint, gain, pseudo
+        counts
     <output_dir>/submission.csv     the final student's predictions for the test split
 
 MLflow: one parent run with nested runs per stage (teacher, pseudo_label_r<k>, student_r<k>).
@@ -34,8 +35,9 @@ def _stage_cfg(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
     return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / name))
 
 
-def _train_stage(cfg: ExperimentConfig, tracker: Tracker, name: str, extra=None,
-                 init_from: Path | None = None) -> dict:
+def _train_stage(
+    cfg: ExperimentConfig, tracker: Tracker, name: str, extra=None, init_from: Path | None = None
+) -> dict:
     """Train one model in <output_dir>/<name> inside a nested MLflow run; log curves and artifacts.
     `init_from`: a checkpoint whose weights the model starts from (pseudo.student_init=teacher)."""
     stage = _stage_cfg(cfg, name)
@@ -48,7 +50,7 @@ def _train_stage(cfg: ExperimentConfig, tracker: Tracker, name: str, extra=None,
         metrics = run_train(stage, extra_train=extra, on_epoch=on_epoch, init_from=init_from)
         ckpt = Path(stage.output_dir) / "checkpoint"
         val = evaluate_checkpoint(ckpt, split=cfg.data.val_split)
-        test = hidden_test_scores(ckpt)   # None unless the data keeps test labels back
+        test = hidden_test_scores(ckpt)  # None unless the data keeps test labels back
         if test is not None:
             metrics["test"] = {k: test[k] for k in SCORES}
             tracker.log_metrics({f"test_{k}": test[k] for k in SCORES})
@@ -99,8 +101,10 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
         stage_seconds[name] = round(now - since, 2)
         return now
 
-    # Ray starts on first use (Ray Train workers, Ray Data pseudo-labelling), not up front: a local run
-    # that needs neither (scaling.num_workers=0, a pool below pseudo.in_process_below) never pays for it
+    # Ray starts on first use (Ray Train workers, Ray Data pseudo-labelling), not up front: a local
+    # run
+    # that needs neither (scaling.num_workers=0, a pool below pseudo.in_process_below) never pays
+    # for it
     t = t0
     with tracker.run(
         cfg.tracking.run_name or f"pipeline:{out.name}", tags={"stage": "pipeline"}
@@ -136,7 +140,8 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
                 t = lap(f"load_pseudo_rows_r{r}", t)
                 if len(extra) == 0:
                     log.warning(
-                        "round %d: no pseudo-label passed the selection; the student trains on gold labels only",
+                        "round %d: no pseudo-label passed the selection; the student trains "
+                        "on gold labels only",
                         r,
                     )
                 log.info(
@@ -179,9 +184,15 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
             "gain_joint": student["joint"] - teacher["joint"],
             # on the test split with its withheld labels, where the data has them (validation
             # picked the best epoch, so its gain is biased upwards)
-            **({"teacher_test": teacher["test"], "student_test": student["test"],
-                "gain_joint_test": student["test"]["joint"] - teacher["test"]["joint"]}
-               if "test" in teacher and "test" in student else {}),
+            **(
+                {
+                    "teacher_test": teacher["test"],
+                    "student_test": student["test"],
+                    "gain_joint_test": student["test"]["joint"] - teacher["test"]["joint"],
+                }
+                if "test" in teacher and "test" in student
+                else {}
+            ),
             "n_pseudo": rounds[-1]["n_pseudo"] if rounds else 0,
             "rounds": rounds,
             "reference_logistic": reference,
@@ -201,7 +212,11 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
             {f"teacher_{k}": teacher[k] for k in SCORES}
             | {f"student_{k}": student[k] for k in SCORES}
             | {"gain_joint": metrics["gain_joint"], "n_pseudo": metrics["n_pseudo"]}
-            | ({"gain_joint_test": metrics["gain_joint_test"]} if "gain_joint_test" in metrics else {})
+            | (
+                {"gain_joint_test": metrics["gain_joint_test"]}
+                if "gain_joint_test" in metrics
+                else {}
+            )
         )
         tracker.log_artifact(out / "metrics.json")
         tracker.log_artifact(submission)

@@ -1,10 +1,13 @@
 """Pseudo-labelling the unlabelled pool with Ray Data: teacher inference over an actor pool.
 
-    packed NoAnnotation shard paths --from_items--> map_batches(TeacherPredictor, actor pool: each actor
+    packed NoAnnotation shard paths --from_items--> map_batches(TeacherPredictor, actor pool: each
+        actor
         reads its shard with pyarrow and runs the teacher) --> ids + probs
-    probs --calibrate (temperature fit on Validation)--> selection rule --> pseudo_labels.parquet + summary.json
+    probs --calibrate (temperature fit on Validation)--> selection rule --> pseudo_labels.parquet +
+        summary.json
 
-A pool below `pseudo.in_process_below` rows on a private local Ray (or with no Ray) is labelled by the
+A pool below `pseudo.in_process_below` rows on a private local Ray (or with no Ray) is labelled by
+the
 same `TeacherPredictor` in this process instead: the actor pool's start-up costs more than its
 parallelism saves on small pools. An attached cluster always uses Ray Data.
 
@@ -56,7 +59,8 @@ def auto_actors(
     n_shards: int,
     keep_free_cpus: float = RESERVED_CPUS,
 ) -> int:
-    """pseudo.actors=0: as many actors as the cluster Ray reports can hold (GPUs first when actors use
+    """pseudo.actors=0: as many actors as the cluster Ray reports can hold (GPUs first when actors
+    use
     them; one CPU kept free for Ray Data's own tasks), never more than there are shards to share."""
     if gpus_per_actor > 0:
         fit = int(resources.get("GPU", 0.0) / gpus_per_actor + 1e-9)
@@ -68,7 +72,8 @@ def auto_actors(
 def infer_pool(
     cfg: ExperimentConfig, teacher_dir: Path, packed_dir: Path, engine: str = "ray_data"
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Run the teacher over every packed unlabelled row: ids (sorted) and emotion/intent probabilities.
+    """Run the teacher over every packed unlabelled row: ids (sorted) and emotion/intent
+    probabilities.
 
     engine="ray_data": a Ray Data actor pool, whole shards per call (Ray must be initialised);
     engine="in_process": the same `TeacherPredictor` over the same work items in this process."""
@@ -97,8 +102,10 @@ def infer_pool(
         actors * p.cpus_per_actor,
         f"pseudo.actors={actors} x pseudo.cpus_per_actor={p.cpus_per_actor:g}",
     )
-    # blocks of whole shards, so the actor pool shares the shards out (no ListFiles / read tasks); several
-    # shards per call when there are many (~8 calls per actor keep the load balanced, and fewer calls
+    # blocks of whole shards, so the actor pool shares the shards out (no ListFiles / read tasks);
+    # several
+    # shards per call when there are many (~8 calls per actor keep the load balanced, and fewer
+    # calls
     # cut Ray Data's per-block overhead: -10 % wall time at 100 shards x 2 actors on 2 cores)
     per_call = max(1, len(items) // (8 * actors))
     ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_call))
@@ -119,7 +126,8 @@ def infer_pool(
 def run_pseudo_label(
     cfg: ExperimentConfig, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike
 ) -> dict:
-    """Teacher -> probabilities on the pool -> calibrated selection; writes out_dir; returns the summary."""
+    """Teacher -> probabilities on the pool -> calibrated selection; writes out_dir; returns the
+    summary."""
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     checkpoint.load_config_from(
         teacher_dir
@@ -130,7 +138,8 @@ def run_pseudo_label(
     engine = inference_engine(cfg, n_rows)
     if engine == "in_process":
         log.info(
-            "pseudo-labelling %d rows in this process (fewer than pseudo.in_process_below=%d on a local "
+            "pseudo-labelling %d rows in this process (fewer than pseudo.in_process_below=%d "
+            "on a local "
             "Ray: the actor pool's start-up would cost more than it saves; 0 = always Ray Data)",
             n_rows,
             cfg.pseudo.in_process_below,

@@ -101,7 +101,8 @@ def train_loop_per_worker(config: dict) -> None:
         state = FitResult(saved["best_epoch"], saved["best"], saved["history"], saved["best_state"])
 
     def report(epoch: int, metrics: dict, is_best: bool) -> None:
-        # [3] Report: every rank reports; rank 0 attaches the checkpoint (latest state + best weights).
+        # [3] Report: every rank reports; rank 0 attaches the checkpoint (latest state + best
+        # weights).
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
@@ -137,7 +138,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def epoch_stream():
-    """(callback, queue): a Train V2 `UserCallback` (it runs on the Train controller) that puts rank 0's
+    """(callback, queue): a Train V2 `UserCallback` (it runs on the Train controller) that puts
+    rank 0's
     report of every epoch on a Ray queue, which the driver drains while `fit()` runs."""
     from ray.train import UserCallback
     from ray.util.queue import Queue
@@ -158,7 +160,8 @@ def build_trainer(
 ):
     """TorchTrainer from config: workers, CPUs/GPUs per worker, failure and checkpoint policy.
 
-    `callbacks` go to Train's RunConfig (a Tune trial passes TuneReportCallback; meiju_ray.distributed.tune);
+    `callbacks` go to Train's RunConfig (a Tune trial passes TuneReportCallback;
+        meiju_ray.distributed.tune);
     `storage` may also be a URI string such as s3://bucket/prefix (shared by all nodes)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -202,7 +205,8 @@ def run_distributed(
     on_epoch: EpochCallback | None = None,
     init_from: Path | None = None,
 ) -> dict:
-    """Driver side of `meiju-ray train` with scaling.num_workers >= 1; same outputs as local mode."""
+    """Driver side of `meiju-ray train` with scaling.num_workers >= 1; same outputs as local
+    mode."""
     import ray
 
     from meiju_ray.distributed.cluster import init_ray
@@ -211,7 +215,12 @@ def run_distributed(
     init_ray(cfg.ray)
     train, val = load_train_val(cfg, extra_train)
     initial = None if init_from is None else ray.put(initial_weights(init_from))
-    loop_config = {"cfg": cfg.to_dict(), "train": ray.put(train), "val": ray.put(val), "init": initial}
+    loop_config = {
+        "cfg": cfg.to_dict(),
+        "train": ray.put(train),
+        "val": ray.put(val),
+        "init": initial,
+    }
     log.info(
         "Ray Train: starting %d workers x %g CPU%s on %d training rows (the worker group and the "
         "process group take a while to start)",
@@ -220,9 +229,11 @@ def run_distributed(
         " + GPU" if cfg.scaling.use_gpu else "",
         len(train),
     )
-    # [4] Fit on the cluster. Ray Train restores a run whose storage directory already holds checkpoints,
+    # [4] Fit on the cluster. Ray Train restores a run whose storage directory already holds
+    # checkpoints,
     # so a second `train` into the same output_dir would silently hand back the first run's results
-    # (whatever the new config says). Each call is a fresh run; worker failures inside it still resume.
+    # (whatever the new config says). Each call is a fresh run; worker failures inside it still
+    # resume.
     storage = out / "ray_train"
     if storage.exists():
         log.info(

@@ -15,7 +15,8 @@ from meiju_ray.config import LossConfig
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights n / (n_classes * count_c), as sklearn's 'balanced'; 0 for absent classes."""
+    """Inverse-frequency weights n / (n_classes * count_c), as sklearn's 'balanced'; 0 for absent
+    classes."""
     labels = labels[labels >= 0]
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
@@ -74,11 +75,21 @@ def joint_loss(
     w = batch["weight"]
 
     def ce(head: str, task: str) -> torch.Tensor:
-        return weighted_ce(outputs[head], batch[task], w, cw.get(task), cfg.label_smoothing,
-                           batch.get(f"{task}_soft"))
+        return weighted_ce(
+            outputs[head],
+            batch[task],
+            w,
+            cw.get(task),
+            cfg.label_smoothing,
+            batch.get(f"{task}_soft"),
+        )
 
-    parts = {"emotion": ce("emotion", "emotion"), "intent": ce("intent_main", "intent"),
-             "emotion_aux": ce("emotion_aux", "emotion"), "intent_aux": ce("intent_aux", "intent")}
+    parts = {
+        "emotion": ce("emotion", "emotion"),
+        "intent": ce("intent_main", "intent"),
+        "emotion_aux": ce("emotion_aux", "emotion"),
+        "intent_aux": ce("intent_aux", "intent"),
+    }
     if "intent" in outputs and outputs["intent"] is not outputs["intent_main"]:
         parts["intent_fused"] = ce("intent", "intent")
     total = (

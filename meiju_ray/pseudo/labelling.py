@@ -1,4 +1,5 @@
-"""Teacher inference on one shard of the unlabelled pool, calibration, selection and pseudo-label files.
+"""Teacher inference on one shard of the unlabelled pool, calibration, selection and pseudo-label
+files.
 
 Everything here runs in one process. `meiju_ray.distributed.pseudo_label` fans `TeacherPredictor`
 out over a Ray Data actor pool for large pools (or calls it in-process for small ones); the
@@ -127,9 +128,11 @@ def pool_plan(cfg: ExperimentConfig, packed_dir: Path) -> list[dict]:
 
 
 def choose_engine(n_rows: int, in_process_below: int, attached: bool) -> str:
-    """'in_process' for a pool below `in_process_below` rows when Ray would be a private local cluster,
+    """'in_process' for a pool below `in_process_below` rows when Ray would be a private local
+    cluster,
     else 'ray_data'. The actor pool's fixed start-up (a worker process importing Ray Data and torch,
-    then loading the teacher: ~5 s on 2 cores, BENCHMARKS.md §4) outweighs its parallelism on small pools."""
+    then loading the teacher; see BENCHMARKS.md) outweighs its parallelism on small
+        pools."""
     return (
         "in_process"
         if 0 < in_process_below and n_rows < in_process_below and not attached
@@ -191,7 +194,8 @@ def select_and_write(
     extra: dict | None = None,
 ) -> dict:
     """Calibrate the teacher's pool probabilities, apply the selection rule, write
-    pseudo_labels.parquet + summary.json into out_dir (complete or not at all); return the summary."""
+    pseudo_labels.parquet + summary.json into out_dir (complete or not at all); return the
+        summary."""
     temps = calibration_temperatures(cfg, teacher_dir)
     emo_cal = apply_temperature(emo_probs, temps["emotion"])
     int_cal = apply_temperature(int_probs, temps["intent"])
@@ -204,8 +208,10 @@ def select_and_write(
     allowed = allowed_pairs_from(
         train_labels.emotion, train_labels.intent, len(d.emotion_labels), len(d.intent_labels)
     )
-    priors = {"emotion": class_prior(train_labels.emotion, len(d.emotion_labels)),
-              "intent": class_prior(train_labels.intent, len(d.intent_labels))}
+    priors = {
+        "emotion": class_prior(train_labels.emotion, len(d.emotion_labels)),
+        "intent": class_prior(train_labels.intent, len(d.intent_labels)),
+    }
     sel = select(emo_cal, int_cal, cfg.pseudo, d.emotion_labels, d.intent_labels, allowed, priors)
     true_emo, true_int = hidden_truth(cfg, ids)
     info = summary(sel, d.emotion_labels, d.intent_labels, true_emo, true_int)
@@ -275,11 +281,18 @@ def load_pseudo_rows(cfg: ExperimentConfig, pseudo_dir: str | os.PathLike) -> Pa
     split = table_to_packed(feats, cfg.data.modalities)
     row = {u: i for i, u in enumerate(labels.column("id").to_pylist())}
     idx = np.array([row[u] for u in split.ids])
-    probs = {task: fixed_list_to_numpy(labels.column(f"{task}_probs"))[idx]
-             for task in ("emotion", "intent")}
-    return with_pseudo_targets(split, labels.column("emotion").to_numpy()[idx],
-                               labels.column("intent").to_numpy()[idx],
-                               labels.column("weight").to_numpy()[idx], probs, cfg.pseudo)
+    probs = {
+        task: fixed_list_to_numpy(labels.column(f"{task}_probs"))[idx]
+        for task in ("emotion", "intent")
+    }
+    return with_pseudo_targets(
+        split,
+        labels.column("emotion").to_numpy()[idx],
+        labels.column("intent").to_numpy()[idx],
+        labels.column("weight").to_numpy()[idx],
+        probs,
+        cfg.pseudo,
+    )
 
 
 def fixed_list_to_numpy(column) -> np.ndarray:
@@ -289,7 +302,8 @@ def fixed_list_to_numpy(column) -> np.ndarray:
 
 
 def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """p^(1/T) renormalised per row: T < 1 sharpens, T = 1 keeps, T > 1 flattens. (N, C) -> (N, C)."""
+    """p^(1/T) renormalised per row: T < 1 sharpens, T = 1 keeps, T > 1 flattens. (N, C) -> (N,
+    C)."""
     if temperature == 1.0:
         return probs.astype(np.float32)
     logp = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
@@ -298,8 +312,14 @@ def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def with_pseudo_targets(split: PackedSplit, emotion: np.ndarray, intent: np.ndarray, weight: np.ndarray,
-                        probs: dict[str, np.ndarray], cfg: PseudoLabelConfig) -> PackedSplit:
+def with_pseudo_targets(
+    split: PackedSplit,
+    emotion: np.ndarray,
+    intent: np.ndarray,
+    weight: np.ndarray,
+    probs: dict[str, np.ndarray],
+    cfg: PseudoLabelConfig,
+) -> PackedSplit:
     """Pool rows with their training targets: the hard pseudo labels (-1 = not kept for that task),
     or with pseudo.targets=soft the (sharpened) teacher distribution for each kept task."""
     split.emotion, split.intent = emotion.astype(np.int64), intent.astype(np.int64)
@@ -318,5 +338,11 @@ def with_pseudo_targets(split: PackedSplit, emotion: np.ndarray, intent: np.ndar
 def pseudo_rows(pool: PackedSplit, sel: Selection, cfg: PseudoLabelConfig) -> PackedSplit:
     """The selected rows of the (in-memory) pool with their targets: what a sweep trial adds."""
     rows = np.flatnonzero(sel.selected)
-    return with_pseudo_targets(pool.subset(rows), sel.emotion[rows], sel.intent[rows], sel.weight[rows],
-                               {"emotion": sel.emo_probs[rows], "intent": sel.int_probs[rows]}, cfg)
+    return with_pseudo_targets(
+        pool.subset(rows),
+        sel.emotion[rows],
+        sel.intent[rows],
+        sel.weight[rows],
+        {"emotion": sel.emo_probs[rows], "intent": sel.int_probs[rows]},
+        cfg,
+    )

@@ -91,9 +91,11 @@ def align_distribution(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return aligned / aligned.sum(axis=1, keepdims=True).clip(1e-12)
 
 
-def adaptive_bars(pred: np.ndarray, conf: np.ndarray, threshold: float, n_classes: int,
-                  floor: float = 0.0) -> np.ndarray:
-    """(C,) FlexMatch class bars: max(floor, threshold * M(beta_c)), beta_c = sigma_c / max_c sigma_c,
+def adaptive_bars(
+    pred: np.ndarray, conf: np.ndarray, threshold: float, n_classes: int, floor: float = 0.0
+) -> np.ndarray:
+    """(C,) FlexMatch class bars: max(floor, threshold * M(beta_c)), beta_c = sigma_c / max_c
+    sigma_c,
     sigma_c = rows predicted c with conf >= threshold, M(x) = x / (2 - x). The best-learnt class
     keeps `threshold`; a class the teacher is rarely sure of gets a lower bar (down to `floor`)."""
     confident = conf >= threshold
@@ -122,7 +124,8 @@ def select(
     priors: dict[str, np.ndarray] | None = None,
 ) -> Selection:
     """Choose pseudo labels from (calibrated) probabilities (N, C_emo) and (N, C_int).
-    `priors` {"emotion": (C_e,), "intent": (C_i,)}: labelled class priors, needed for pseudo.align."""
+    `priors` {"emotion": (C_e,), "intent": (C_i,)}: labelled class priors, needed for
+        pseudo.align."""
     emo = _check_probs(emo_probs, "emo_probs", len(emotion_labels))
     itn = _check_probs(int_probs, "int_probs", len(intent_labels))
     if emo.shape[0] != itn.shape[0]:
@@ -158,8 +161,12 @@ def select(
         keep_e = emo_conf >= _bars("emotion", emo_pred, emotion_labels, cfg).astype(emo_conf.dtype)
         keep_i = int_conf >= _bars("intent", int_pred, intent_labels, cfg).astype(int_conf.dtype)
     elif cfg.rule == "adaptive":
-        bars_e = adaptive_bars(emo_pred, emo_conf, cfg.threshold, len(emotion_labels), cfg.min_confidence)
-        bars_i = adaptive_bars(int_pred, int_conf, cfg.threshold, len(intent_labels), cfg.min_confidence)
+        bars_e = adaptive_bars(
+            emo_pred, emo_conf, cfg.threshold, len(emotion_labels), cfg.min_confidence
+        )
+        bars_i = adaptive_bars(
+            int_pred, int_conf, cfg.threshold, len(intent_labels), cfg.min_confidence
+        )
         keep_e = emo_conf >= bars_e[emo_pred].astype(emo_conf.dtype)
         keep_i = int_conf >= bars_i[int_pred].astype(int_conf.dtype)
     elif cfg.rule == "quantile":
@@ -272,7 +279,8 @@ def summary(
         out[f"{task}_accuracy_all"] = _accuracy(pred, true, np.ones(n, dtype=bool))
         names = emotion_labels if task == "emotion" else intent_labels
         out[f"{task}_precision"] = {  # per kept class: share of its pseudo-labels that are right
-            name: _accuracy(kept, true, kept == c) for c, name in enumerate(names)}
+            name: _accuracy(kept, true, kept == c) for c, name in enumerate(names)
+        }
     return out
 
 

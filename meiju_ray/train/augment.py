@@ -1,4 +1,5 @@
-"""Feature-level noise for a noisy student: the student sees perturbed frames, the teacher clean ones.
+"""Feature-level noise for a noisy student: the student sees perturbed frames, the teacher clean
+ones.
 
 All four perturbations act on real frames only (`<M>_mask` True); padded frames stay exactly zero,
 so what sits in the padding never changes a model's output. With every strength at 0 the batch is
@@ -6,7 +7,8 @@ returned unchanged (the same object), so supervised training is bit-identical wi
 
     modality_dropout p   each row loses each modality with probability p (its real frames become 0;
                          a row always keeps at least one modality)
-    frame_mask f         a fraction f of each row's real frames is set to 0 (at least one frame kept)
+    frame_mask f         a fraction f of each row's real frames is set to 0 (at least one frame
+        kept)
     feature_dropout p    element-wise dropout on real frames, kept values scaled by 1 / (1 - p)
     gaussian_mix a       x -> sqrt(1 - a) * x + sqrt(a) * eps, eps ~ N(0, std of x per feature)
 """

@@ -125,7 +125,8 @@ def train_one_epoch(
 def predict_probs(
     model: nn.Module, batches: Iterable[Batch], device: torch.device
 ) -> dict[str, np.ndarray]:
-    """Softmax probabilities in row order: {"index", "emotion" (N, Ce), "intent" (N, Ci), labels}."""
+    """Softmax probabilities in row order: {"index", "emotion" (N, Ce), "intent" (N, Ci),
+    labels}."""
     model.eval()
     out: dict[str, list[np.ndarray]] = {
         k: [] for k in ("index", "emotion", "intent", "emotion_true", "intent_true")
@@ -145,7 +146,8 @@ def predict_probs(
 def evaluate(
     model: nn.Module, batches: Iterable[Batch], device: torch.device, track: int = 1
 ) -> dict:
-    """Weighted (track 1) or micro (track 2) F1 per task and the joint score, plus the probabilities."""
+    """Weighted (track 1) or micro (track 2) F1 per task and the joint score, plus the
+    probabilities."""
     probs = predict_probs(model, batches, device)
     result = scores(
         probs["emotion_true"],
@@ -181,10 +183,12 @@ def fit(
     state: FitResult | None = None,
     augment: AugmentConfig | None = None,
 ) -> FitResult:
-    """Train for `train_cfg.epochs`, validating after every epoch; keep the best by val joint (strict >).
+    """Train for `train_cfg.epochs`, validating after every epoch; keep the best by val joint
+    (strict >).
 
     `train_batches(epoch)` returns that epoch's batches (reshuffled per epoch). Early stopping after
-    `patience` epochs without improvement. `on_epoch(epoch, metrics, is_best)` is called every epoch.
+    `patience` epochs without improvement. `on_epoch(epoch, metrics, is_best)` is called every
+        epoch.
     `start_epoch`, `optimizer` and `state` let a resumed run continue where it stopped. `augment`:
     feature-level noise on the training batches only (never on validation).
     """

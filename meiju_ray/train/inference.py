@@ -104,8 +104,11 @@ def predict_checkpoint(
     return path
 
 
-def hidden_test_scores(checkpoint_dir: str | Path, data_root: str | None = None,
-                       truth_file: str = "hidden/Testing_labels.txt") -> dict | None:
+def hidden_test_scores(
+    checkpoint_dir: str | Path,
+    data_root: str | None = None,
+    truth_file: str = "hidden/Testing_labels.txt",
+) -> dict | None:
     """Scores on the test split against labels the data keeps back (synthetic worlds and the corpus
     importers write `<root>/hidden/Testing_labels.txt`); None when the data has no such file.
     This is the number to compare methods on: validation picked the best epoch."""
@@ -120,8 +123,15 @@ def hidden_test_scores(checkpoint_dir: str | Path, data_root: str | None = None,
     where = {u: i for i, u in enumerate(truth.ids)}
     missing = [u for u in test.ids if u not in where]
     if missing:
-        raise DataError(f"{truth_path}: no label for test id {missing[0]!r} ({len(missing)} missing)")
+        raise DataError(
+            f"{truth_path}: no label for test id {missing[0]!r} ({len(missing)} missing)"
+        )
     rows = np.array([where[u] for u in test.ids])
     probs = predict_probs(model, iter_batches(test, 64), device)
-    return scores(truth.emotion[rows], probs["emotion"].argmax(1), truth.intent[rows],
-                  probs["intent"].argmax(1), cfg.train.track)
+    return scores(
+        truth.emotion[rows],
+        probs["emotion"].argmax(1),
+        truth.intent[rows],
+        probs["intent"].argmax(1),
+        cfg.train.track,
+    )

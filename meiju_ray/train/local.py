@@ -1,4 +1,5 @@
-"""In-process training: labelled (+ optional pseudo-labelled) rows -> best checkpoint + metrics.json.
+"""In-process training: labelled (+ optional pseudo-labelled) rows -> best checkpoint +
+metrics.json.
 
 `run_local(cfg)` is the `scaling.num_workers == 0` path; `meiju_ray.distributed.train.run_train`
 chooses between it and Ray Train, which runs the same engine functions on every worker.
@@ -50,7 +51,9 @@ def load_train_val(
 
 def initial_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     """The state_dict of a saved checkpoint (a student starting from its teacher)."""
-    return torch.load(Path(checkpoint_dir) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True)
+    return torch.load(
+        Path(checkpoint_dir) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True
+    )
 
 
 def fit_local(
@@ -110,7 +113,8 @@ def write_outputs(
     val: PackedSplit,
     extra: dict | None = None,
 ) -> dict:
-    """checkpoint/ (best epoch), metrics.json, history.json in cfg.output_dir; returns the metrics."""
+    """checkpoint/ (best epoch), metrics.json, history.json in cfg.output_dir; returns the
+    metrics."""
     out = Path(cfg.output_dir)
     if result.best_state is None:
         raise RuntimeError("training produced no checkpoint (no epoch was validated)")

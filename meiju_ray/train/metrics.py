@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# sklearn.metrics is imported inside the functions: it takes ~1.3 s to import, and every process that
+# sklearn.metrics is imported inside the functions: it takes ~1.3 s to import, and every process
+# that
 # loads a model (each Ray Data pseudo-labelling actor, each Ray worker) imports this module.
 
 EPS = 1e-6

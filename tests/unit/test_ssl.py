@@ -1,4 +1,5 @@
-"""Semi-supervised mechanics with hand-computed cases: soft targets, noise, class-aware selection."""
+"""Semi-supervised mechanics with hand-computed cases: soft targets, noise, class-aware
+selection."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def test_sharpen_and_soft_pseudo_rows():
     assert np.allclose(out.soft["intent"], probs["intent"])
 
 
-# ---- noise for the student ------------------------------------------------------------------------
+# ---- noise for the student -----------------------------------------------------------------------
 
 
 def _split(lengths: list[int], dim: int = 3, seed: int = 0) -> PackedSplit:
