@@ -136,37 +136,21 @@ def _config(root: Path, out: Path, args, *overrides: str):
 
 def _oracle_rows(cfg):
     """The whole pool with its withheld true labels (what perfect pseudo-labels would give)."""
-    from meiju_ray.data.layout import UNLABELED, read_split_list, resolve
-    from meiju_ray.data.packing import load_split
+    from meiju_ray.data.layout import UNLABELED, resolve
+    from meiju_ray.data.packing import load_split, with_withheld_labels
 
-    pool = load_split(cfg.data, UNLABELED)
-    truth = read_split_list(
-        resolve(cfg.data.root, cfg.data.unlabeled_truth),
-        cfg.data.emotion_labels,
-        cfg.data.intent_labels,
-        "truth",
-    )
-    where = {u: i for i, u in enumerate(truth.ids)}
-    rows = np.array([where[u] for u in pool.ids])
-    pool.emotion, pool.intent = truth.emotion[rows], truth.intent[rows]
-    return pool
+    truth = resolve(cfg.data.root, cfg.data.unlabeled_truth)
+    return with_withheld_labels(load_split(cfg.data, UNLABELED), truth, cfg.data)
 
 
 def _reference(cfg) -> dict:
-    from meiju_ray.data.layout import read_split_list, resolve
-    from meiju_ray.data.packing import load_split
+    """The logistic-regression reference scored on the test split's withheld labels."""
+    from meiju_ray.data.layout import resolve
+    from meiju_ray.data.packing import load_split, with_withheld_labels
     from meiju_ray.train.reference import logistic_reference
 
-    test = load_split(cfg.data, cfg.data.test_split)
-    truth = read_split_list(
-        resolve(cfg.data.root, "hidden/Testing_labels.txt"),
-        cfg.data.emotion_labels,
-        cfg.data.intent_labels,
-        "truth",
-    )
-    where = {u: i for i, u in enumerate(truth.ids)}
-    rows = np.array([where[u] for u in test.ids])
-    test.emotion, test.intent = truth.emotion[rows], truth.intent[rows]
+    truth = resolve(cfg.data.root, "hidden/Testing_labels.txt")
+    test = with_withheld_labels(load_split(cfg.data, cfg.data.test_split), truth, cfg.data)
     return logistic_reference(load_split(cfg.data, cfg.data.train_split), test, seed=cfg.seed)
 
 

@@ -29,6 +29,7 @@ from meiju_ray.data.layout import (
     SplitList,
     feature_path,
     load_feature,
+    read_split_list,
     resolve,
     split_list,
 )
@@ -330,3 +331,16 @@ def load_split(
 ) -> PackedSplit:
     """Pack if needed (cached), then load into memory."""
     return load_packed(pack_split(cfg, split, progress), cfg.modalities)
+
+
+def with_withheld_labels(split: PackedSplit, truth_path: Path, cfg: DataConfig) -> PackedSplit:
+    """`split` with the labels of a withheld-label list (e.g. <root>/hidden/Testing_labels.txt),
+    matched by id; every row must have one."""
+    truth = read_split_list(truth_path, cfg.emotion_labels, cfg.intent_labels, "truth")
+    where = {u: i for i, u in enumerate(truth.ids)}
+    missing = [u for u in split.ids if u not in where]
+    if missing:
+        raise DataError(f"{truth_path}: no label for id {missing[0]!r} ({len(missing)} missing)")
+    rows = np.array([where[u] for u in split.ids], dtype=np.int64)
+    split.emotion, split.intent = truth.emotion[rows], truth.intent[rows]
+    return split

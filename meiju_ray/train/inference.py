@@ -17,8 +17,8 @@ import torch
 
 from meiju_ray.config import ExperimentConfig
 from meiju_ray.data.batching import iter_batches
-from meiju_ray.data.layout import DataError, read_split_list, resolve
-from meiju_ray.data.packing import PackedSplit, load_split
+from meiju_ray.data.layout import resolve
+from meiju_ray.data.packing import PackedSplit, load_split, with_withheld_labels
 from meiju_ray.fileio import write_text_atomic
 from meiju_ray.train import checkpoint
 from meiju_ray.train.engine import evaluate, predict_probs, resolve_device, set_threads
@@ -118,20 +118,12 @@ def hidden_test_scores(
     truth_path = resolve(cfg.data.root, truth_file)
     if not truth_path.is_file():
         return None
-    test = load_split(cfg.data, cfg.data.test_split)
-    truth = read_split_list(truth_path, cfg.data.emotion_labels, cfg.data.intent_labels, "truth")
-    where = {u: i for i, u in enumerate(truth.ids)}
-    missing = [u for u in test.ids if u not in where]
-    if missing:
-        raise DataError(
-            f"{truth_path}: no label for test id {missing[0]!r} ({len(missing)} missing)"
-        )
-    rows = np.array([where[u] for u in test.ids])
+    test = with_withheld_labels(load_split(cfg.data, cfg.data.test_split), truth_path, cfg.data)
     probs = predict_probs(model, iter_batches(test, 64), device)
     return scores(
-        truth.emotion[rows],
+        test.emotion,
         probs["emotion"].argmax(1),
-        truth.intent[rows],
+        test.intent,
         probs["intent"].argmax(1),
         cfg.train.track,
     )
