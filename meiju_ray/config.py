@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
-import re
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -36,11 +34,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import dataclass_transform
 
+from meiju_ray.errors import ConfigError
 from meiju_ray.labels import EMOTIONS, INTENTS
+from meiju_ray.sweep.grammar import check_grammar
 
-
-class ConfigError(ValueError):
-    """A config file, key or value is wrong. The message names the key (and file)."""
+__all__ = ["ConfigError"]  # re-exported: callers catch config.ConfigError
 
 
 def _whole_float_to_int(value: Any) -> Any:
@@ -313,7 +311,7 @@ class SweepConfig:
 
     @model_validator(mode="after")
     def _valid_search_space(self) -> SweepConfig:
-        validate_tune(self)
+        check_grammar(self.name, self.metric, self.search_space, self.search_alg)
         return self
 
 
@@ -437,91 +435,6 @@ def choices(key: str) -> tuple[Any, ...]:
     if typing.get_origin(declared) is not Literal:
         raise ConfigError(f"config key '{key}' is not a choice")
     return typing.get_args(declared)
-
-
-# --------------------------------------------------------------------------------------------
-# the sweep grammar (search_space is free-form YAML, so it is checked by hand)
-
-SEARCH_DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
-_SWEEP_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # also what MLflow accepts in a param name
-
-
-def as_number(value: Any) -> float | int | None:
-    """A finite int/float, also from a numeric string (YAML 1.1 reads 1e-4 as one); else None."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return value
-
-
-def validate_tune(t: SweepConfig) -> None:
-    """The sweep's names and search-space grammar; tune.search_space checks the swept keys exist."""
-    if not t.name or "/" in t.name or t.name in (".", ".."):
-        raise ConfigError(f"config key 'tune.name': {t.name!r} must be a plain directory name")
-    if not t.metric:
-        raise ConfigError("config key 'tune.metric': must name a reported metric, e.g. val_joint")
-    for key, spec in t.search_space.items():
-        where = f"tune.search_space.{key}"
-        if not _SWEEP_NAME.fullmatch(key):
-            raise ConfigError(
-                f"config key '{where}': use a dotted config key or a plain name "
-                "(letters, digits, _ . -)"
-            )
-        names = spec.get("keys", [key])
-        if not names or not all(isinstance(k, str) and _SWEEP_NAME.fullmatch(k) for k in names):
-            raise ConfigError(
-                f"config key '{where}.keys': expected a list of dotted config keys, got {names!r}"
-            )
-        dists = {k: v for k, v in spec.items() if k != "keys"}
-        if len(dists) != 1:
-            raise ConfigError(
-                f"config key '{where}': expected exactly one distribution "
-                f"({' | '.join(SEARCH_DISTRIBUTIONS)}), "
-                f"got {sorted(dists) or 'none'}"
-            )
-        ((kind, values),) = dists.items()
-        if kind not in SEARCH_DISTRIBUTIONS:
-            raise ConfigError(
-                f"config key '{where}': unknown distribution {kind!r} "
-                f"(one of {list(SEARCH_DISTRIBUTIONS)})"
-            )
-        if not values:
-            raise ConfigError(f"config key '{where}.{kind}': the list is empty")
-        if kind in ("choice", "grid"):
-            if len(names) > 1 and not all(
-                isinstance(v, list) and len(v) == len(names) for v in values
-            ):
-                raise ConfigError(
-                    f"config key '{where}.{kind}': every value must be a list of "
-                    f"{len(names)} items, one per key of {names}"
-                )
-            if kind == "grid" and t.search_alg == "optuna":
-                raise ConfigError(
-                    f"config key '{where}': grid is not supported with "
-                    "tune.search_alg=optuna (use choice)"
-                )
-            continue
-        if len(names) > 1:
-            raise ConfigError(
-                f"config key '{where}': keys swept together need choice or grid, not {kind}"
-            )
-        if len(values) != 2 or any(as_number(v) is None for v in values):
-            raise ConfigError(
-                f"config key '{where}.{kind}': expected [lo, hi] (two numbers), got {values!r}"
-            )
-        lo, hi = (as_number(v) for v in values)
-        if not lo < hi:
-            raise ConfigError(f"config key '{where}.{kind}': needs lo < hi, got [{lo}, {hi}]")
-        if kind == "loguniform" and lo <= 0:
-            raise ConfigError(f"config key '{where}.loguniform': needs lo > 0, got [{lo}, {hi}]")
-        if kind == "randint" and not all(isinstance(v, int) for v in values):
-            raise ConfigError(
-                f"config key '{where}.randint': needs integers [lo, hi), got {values!r}"
-            )
 
 
 def check_required(cfg: ExperimentConfig) -> None:

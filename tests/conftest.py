@@ -37,6 +37,19 @@ SMALL_SPECS = (
 SMALL_MODALITIES = [{"name": s.name, "folder": s.folder, "dim": s.dim} for s in SMALL_SPECS]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that start Ray run last (the fast tier first, with no Ray processes around yet), in
+    their collected order. `gpu` tests run where CUDA is present and are skipped, with the
+    reason, everywhere else."""
+    items.sort(key=lambda item: "ray" in item.keywords)  # stable: keeps the order within tiers
+    if torch.cuda.is_available():
+        return
+    no_cuda = pytest.mark.skip(reason="gpu test: no CUDA device on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_cuda)
+
+
 def small_config(root: Path, out: Path, *overrides: str) -> ExperimentConfig:
     """experiments/smoke.yaml pointed at a small-dims world."""
     mods = (
@@ -78,3 +91,21 @@ def tiny_cfg(tiny_world, tmp_path) -> ExperimentConfig:
 
 def modality(name: str, dim: int, folder: str | None = None) -> ModalityConfig:
     return ModalityConfig(name, folder or name, dim)
+
+
+# one private local Ray cluster per test session (docs: ray-mlflow-notes §8)
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    import ray.data
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=256 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

@@ -35,7 +35,6 @@ from meiju_ray.config import (
     ExperimentConfig,
     SweepConfig,
     anchor_paths,
-    as_number,
     check_required,
 )
 from meiju_ray.data.layout import UNLABELED
@@ -47,6 +46,7 @@ from meiju_ray.fileio import atomic_dir, ensure_writable_dir, write_json_atomic
 from meiju_ray.model.network import build_model
 from meiju_ray.pseudo.labelling import PSEUDO_FILE, SUMMARY_FILE, pseudo_rows
 from meiju_ray.pseudo.selection import allowed_pairs_from, class_prior, select
+from meiju_ray.sweep.grammar import bounds, distribution, is_encoded
 from meiju_ray.sweep.report import (
     pick_best,
     plot_sweep,
@@ -54,7 +54,7 @@ from meiju_ray.sweep.report import (
     write_best_yaml,
     write_trials_csv,
 )
-from meiju_ray.sweep.space import check_space, distribution, expand_params, is_encoded, trial_config
+from meiju_ray.sweep.space import check_space, expand_params, trial_config
 from meiju_ray.tracking.sweep import TrialRuns, end_interrupted_runs, register_model, sweep_run
 from meiju_ray.tracking.tracker import Tracker, check_reachable
 from meiju_ray.train import checkpoint
@@ -81,7 +81,7 @@ def search_space(cfg: ExperimentConfig) -> dict[str, Any]:
             values = [json.dumps(v) for v in values] if is_encoded(spec) else list(values)
             out[key] = tune.choice(values) if kind == "choice" else tune.grid_search(values)
         else:
-            lo, hi = (as_number(v) for v in values)
+            lo, hi = bounds(spec)
             domain = {
                 "uniform": tune.uniform,
                 "loguniform": tune.loguniform,

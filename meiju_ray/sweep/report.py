@@ -17,15 +17,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from meiju_ray.config import ExperimentConfig, SweepConfig, as_number, to_yaml
+from meiju_ray.config import ExperimentConfig, SweepConfig, to_yaml
 from meiju_ray.fileio import atomic_file, write_text_atomic
+from meiju_ray.sweep.grammar import as_number, distribution, is_encoded, targets
 from meiju_ray.sweep.space import (
-    distribution,
     ended_naturally,
     expand_params,
-    is_encoded,
     is_nan,
-    targets,
     trial_config,
 )
 

@@ -14,7 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from meiju_ray.config import ConfigError, ExperimentConfig, TrainConfig, as_number, set_dotted
+from meiju_ray.config import ConfigError, ExperimentConfig, TrainConfig, set_dotted
+from meiju_ray.sweep.grammar import is_encoded, samples, targets
 from meiju_ray.train.engine import stops_after
 
 # keys a trial cannot change: fixed by the teacher / pseudo-label pass, the cluster or the sweep
@@ -29,24 +30,6 @@ FIXED_KEYS = (
     "pseudo.gpus_per_actor",
     "pseudo.batch_size",
 )
-
-
-def targets(key: str, spec: dict[str, list]) -> list[str]:
-    """The config keys one search-space entry sets: [key], or its `keys` list."""
-    return list(spec.get("keys", [key]))
-
-
-def distribution(spec: dict[str, list]) -> tuple[str, list]:
-    """(kind, values) of a search-space entry, e.g. ("choice", [0.5, 0.9])."""
-    ((kind, values),) = ((k, v) for k, v in spec.items() if k != "keys")
-    return kind, values
-
-
-def is_encoded(spec: dict[str, list]) -> bool:
-    """choice/grid values that are lists or dicts travel through Tune as JSON strings (Optuna and
-    MLflow only take scalars)."""
-    kind, values = distribution(spec)
-    return kind in ("choice", "grid") and any(isinstance(v, (list, dict)) for v in values)
 
 
 def decode(key: str, value: Any, space: dict[str, dict[str, list]]) -> Any:
@@ -103,15 +86,6 @@ def ended_naturally(history: Sequence[dict], train: TrainConfig) -> bool:
 
 def is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
-
-
-def samples(spec: dict[str, list]) -> list[Any]:
-    """Values that stand for a distribution when checking it: every choice, or both ends."""
-    kind, values = distribution(spec)
-    if kind in ("choice", "grid"):
-        return list(values)
-    lo, hi = (as_number(v) for v in values)
-    return [int(lo), int(hi) - 1] if kind == "randint" else [lo, hi]
 
 
 def check_space(cfg: ExperimentConfig) -> None:

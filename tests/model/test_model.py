@@ -344,15 +344,28 @@ def test_intent_fusion_modes():
     assert not torch.allclose(out["intent"], (out["intent_main"] + out["intent_aux"]) / 2)
 
 
-@pytest.mark.parametrize("interaction", ["none", "plain", "gate"])
-def test_interaction_modes(interaction):
-    model = make_model(interaction=interaction).eval()
-    assert hasattr(model, "emo_to_int") == (interaction != "none")
-    batch = random_batch([{"A": 3, "V": 2, "L": 4}, {"A": 2, "V": 5, "L": 1}])
+def test_interaction_modes_compute_their_own_formula():
+    """With the same weights, gate and plain differ exactly as their formulas say; none has no
+    interaction modules at all."""
+    from meiju_ray.model.network import Interaction
+
+    assert not hasattr(make_model(interaction="none"), "emo_to_int")
+    torch.manual_seed(0)
+    gate = Interaction(16, 2, "gate", 0.0).eval()
+    plain = Interaction(16, 2, "plain", 0.0).eval()
+    plain.load_state_dict(gate.state_dict())
+    q, k = torch.randn(3, 4, 16), torch.randn(3, 4, 16)
     with torch.no_grad():
-        out = model(batch)
-    assert out["emotion"].shape == (2, N_EMO) and out["intent"].shape == (2, N_INT)
-    assert all(torch.isfinite(v).all() for v in out.values())
+        inter, _ = gate.mha1(q, k, k, need_weights=False)
+        hence, _ = gate.mha2(q, inter, inter, need_weights=False)
+        torch.testing.assert_close(plain(q, k), q + hence)
+        torch.testing.assert_close(gate(q, k), q + hence * torch.sigmoid(inter + hence))
+        assert not torch.allclose(gate(q, k), plain(q, k), atol=1e-3)
+    for interaction in ("plain", "gate"):  # and the full model runs with each
+        out = make_model(interaction=interaction).eval()(
+            random_batch([{"A": 3, "V": 2, "L": 4}, {"A": 2, "V": 5, "L": 1}])
+        )
+        assert out["emotion"].shape == (2, N_EMO) and out["intent"].shape == (2, N_INT)
 
 
 def test_rows_are_independent_in_eval():

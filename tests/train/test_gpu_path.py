@@ -72,7 +72,7 @@ def test_amp_is_a_no_op_on_cpu(tiny_cfg):
         assert torch.equal(after[k], v), k
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_pinned_transfer_and_amp(tiny_cfg):
     cuda = torch.device("cuda")
     split = load_split(tiny_cfg.data, "Training")
