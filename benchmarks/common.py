@@ -241,10 +241,10 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def env_setup() -> None:
     """Quiet, offline, reproducible defaults for every benchmark process."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from meiju_ray.distributed.cluster import RAY_ENV_DEFAULTS
+
+    for key, value in {**RAY_ENV_DEFAULTS, "HF_HUB_OFFLINE": "1"}.items():
+        os.environ.setdefault(key, value)
     sys.stdout.reconfigure(line_buffering=True)
 
 

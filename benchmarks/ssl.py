@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import BENCH_ROOT, REPO, md_table
+from meiju_ray.fileio import replace_dir
 
 TITLE = "Semi-supervised learning: gain over supervised on the test split, paired seeds"
 RESULTS_FILE = REPO / "RESULTS.md"
@@ -44,6 +45,14 @@ SOFT = [
     "pseudo.weighting=confidence",
     "pseudo.soft_temperature=0.5",
 ]
+CLASS_AWARE = [
+    "pseudo.rule=adaptive",
+    "pseudo.threshold=0.95",
+    "pseudo.min_confidence=0.5",
+    "pseudo.align=true",
+    "pseudo.targets=hard",
+]
+ONLINE = ["pseudo.enabled=false", "consistency.weight=1.0"]  # one stage: no teacher pass
 # recipe name -> (what it is, config overrides of the student stage)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "winner_0.99": ("winner's recipe: hard labels, calibrated 0.99, student from scratch", WINNER),
@@ -51,15 +60,61 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "noisy_student": ("winner's selection + feature noise on the student", WINNER + NOISE),
     "class_aware": (
         "distribution alignment + FlexMatch-style class thresholds, hard labels",
-        [
-            "pseudo.rule=adaptive",
-            "pseudo.threshold=0.95",
-            "pseudo.min_confidence=0.5",
-            "pseudo.align=true",
-            "pseudo.targets=hard",
-        ],
+        CLASS_AWARE,
+    ),
+    "uda_softmatch": (
+        "online consistency: EMA teacher, sharpened soft targets, SoftMatch weights (no pass)",
+        ONLINE,
+    ),
+    "fixmatch": (
+        "online consistency: EMA teacher, hard targets masked at 0.95 (no pseudo-label pass)",
+        ONLINE + ["consistency.targets=hard", "consistency.weighting=mask"],
+    ),
+    "class_aware+uda": (
+        "class-aware pseudo-labels, then online consistency on the pool",
+        CLASS_AWARE + ["consistency.weight=1.0"],
     ),
     "soft_kd+noise": ("soft distillation into a noised student", SOFT + NOISE),
+    "soft_kd+uda": (
+        "soft distillation over the pool plus online consistency (EMA teacher, SoftMatch)",
+        SOFT + ["consistency.weight=1.0"],
+    ),
+    "soft_kd+pnoise": (
+        "soft distillation, noise on the pool rows only (augment.apply_to=pseudo)",
+        SOFT + NOISE + ["augment.apply_to=pseudo"],
+    ),
+    "ens3+soft_kd+pnoise": (
+        "3-seed teacher ensemble, soft distillation, noise on the pool rows only",
+        SOFT + NOISE + ["augment.apply_to=pseudo", "pseudo.teachers=3"],
+    ),
+    "soft_kd+noise+uda": (
+        "soft distillation into a noised student, plus online consistency",
+        SOFT + NOISE + ["consistency.weight=1.0"],
+    ),
+    "teacher_ensemble3": (
+        "the 3-seed teacher ensemble itself (an ensembled submission; not an SSL gain)",
+        [],
+    ),
+    "ens3+soft_kd+noise": (
+        "a 3-seed teacher ensemble (parallel Ray tasks), soft distillation into a noised student",
+        SOFT + NOISE + ["pseudo.teachers=3"],
+    ),
+    "ens3+soft_kd+noise+uda": (
+        "a 3-seed teacher ensemble, soft distillation, noised student, online consistency",
+        SOFT + NOISE + ["pseudo.teachers=3", "consistency.weight=1.0"],
+    ),
+    "soft_kd_t1": (
+        "soft distillation, teacher temperature 1 (no sharpening)",
+        SOFT + ["pseudo.soft_temperature=1.0"],
+    ),
+    "soft_kd_init": (
+        "soft distillation, student starts from the teacher",
+        SOFT + ["pseudo.student_init=teacher"],
+    ),
+    "soft_kd_2r": (
+        "soft distillation, two rounds (the student teaches the next)",
+        SOFT + ["pseudo.rounds=2"],
+    ),
     "soft_kd+noise+align": (
         "soft distillation, aligned teacher, noised student",
         SOFT + NOISE + ["pseudo.align=true"],
@@ -178,11 +233,29 @@ def _one(name: str, seed: int, root: Path, base: Path, args) -> dict:
             "seconds": time.time() - t0,
             "pool_rows": args.unlabeled,
         }
+    if name == "teacher_ensemble3":
+        ckpt = _ensemble(3, seed, root, base, args)
+        return {"test": hidden_test_scores(ckpt), "seconds": time.time() - t0}
     cfg = _config(root, out, args, f"seed={seed}", *RECIPES[name][1])
-    info = run_pseudo_label(cfg, teacher_dir / "checkpoint", out / "pseudo")
-    extra = load_pseudo_rows(cfg, out / "pseudo")
-    init = teacher_dir / "checkpoint" if cfg.pseudo.student_init == "teacher" else None
-    run_train(cfg, extra_train=extra, init_from=init)
+    if not cfg.pseudo.enabled:  # a one-stage method (online consistency): no teacher pass
+        run_train(cfg)
+        return {
+            "test": hidden_test_scores(out / "checkpoint"),
+            "seconds": time.time() - t0,
+            "pool_rows": args.unlabeled,
+        }
+    teacher = teacher_dir / "checkpoint"
+    if cfg.pseudo.teachers > 1:
+        teacher = _ensemble(cfg.pseudo.teachers, seed, root, base, args)
+    for r in range(1, cfg.pseudo.rounds + 1):  # round r's student teaches round r + 1
+        labels = out / "pseudo" if r == 1 else out / f"pseudo_round{r}"
+        info = run_pseudo_label(cfg, teacher, labels)
+        extra = load_pseudo_rows(cfg, labels)
+        init = teacher if cfg.pseudo.student_init == "teacher" else None
+        run_train(cfg, extra_train=extra, init_from=init)
+        if r < cfg.pseudo.rounds:
+            teacher = out / "teacher_next"
+            replace_dir(out / "checkpoint", teacher)
     return {
         "test": hidden_test_scores(out / "checkpoint"),
         "seconds": time.time() - t0,
@@ -190,6 +263,19 @@ def _one(name: str, seed: int, root: Path, base: Path, args) -> dict:
         "precision": {t: info.get(f"{t}_precision") for t in ("emotion", "intent")},
         "accuracy": {t: info.get(f"{t}_accuracy") for t in ("emotion", "intent")},
     }
+
+
+def _ensemble(n: int, seed: int, root: Path, base: Path, args) -> Path:
+    """The n-seed teacher ensemble of this seed (trained once, in parallel Ray tasks)."""
+    from meiju_ray.distributed.ensemble import train_teachers
+    from meiju_ray.train import checkpoint
+
+    out = base / f"seed{seed}" / f"ensemble{n}"
+    ckpt = out / "teacher" / "checkpoint"
+    if not (ckpt / checkpoint.ENSEMBLE).is_file():
+        cfg = _config(root, out, args, f"seed={seed}", "train.num_threads=1", "ray.num_cpus=2")
+        train_teachers(cfg, out, n)
+    return ckpt
 
 
 def ci95(diffs: list[float]) -> tuple[float, float, float]:

@@ -233,6 +233,8 @@ class PseudoLabelConfig:
     #   the class prior of the labelled rows
     student_init: Literal["scratch", "teacher"] = "scratch"  # teacher: start from its weights
     rounds: PositiveInt = 1  # teacher -> student -> student becomes the next teacher
+    teachers: PositiveInt = 1  # pipeline: an ensemble of this many teacher seeds, trained in
+    #   parallel on Ray; its mean probabilities label the pool
     max_rows: Int = 0  # use at most this many unlabelled rows (0 = all)
     actors: NonNegativeInt = 1  # Ray Data inference actors; 0 = as many as the cluster holds
     cpus_per_actor: Float = 0.5  # actors x this <= cluster CPUs - 1 (Ray Data's ListFiles
@@ -254,6 +256,32 @@ class AugmentConfig:
     feature_dropout: Fraction = 0.0  # drop single feature values
     gaussian_mix: Fraction = 0.0  # mix Gaussian noise into the features
     apply_to: Literal["pseudo", "all"] = "all"  # which training rows get the noise
+
+
+@_section
+class ConsistencyConfig:
+    """Online consistency on the unlabelled pool inside the training loop (FixMatch / UDA form):
+    an EMA copy of the model labels the clean view of each pool batch; the model learns those
+    targets on a noised (strong) view. weight 0 = off."""
+
+    weight: NonNegativeFloat = 0.0  # loss weight of the pool term (gold CE weighs 1)
+    ema_decay: Annotated[Float, Field(ge=0, lt=1)] = 0.99  # EMA teacher: t <- d t + (1 - d) s
+    targets: Literal["soft", "hard"] = "soft"  # soft: sharpened teacher probs (UDA); hard: argmax
+    temperature: PositiveFloat = 0.5  # soft targets: teacher probs ** (1/T), renormalised
+    weighting: Literal["mask", "softmatch"] = "softmatch"  # mask: 1 if conf >= threshold;
+    #   softmatch: 1 above the running mean confidence, a Gaussian fall-off below it
+    threshold: Probability = 0.95  # mask: FixMatch's confidence bar
+    softmatch_momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.99  # of its running statistics
+    pool_ratio: PositiveInt = 1  # pool rows per labelled row in each step (FixMatch's mu)
+    warmup_epochs: NonNegativeInt = 2  # the weight ramps up linearly over these epochs
+    evaluate: Literal["ema", "model"] = "ema"  # which weights are validated and saved
+    in_teacher: Bool = False  # pipeline: also train the teacher with it (default: students only;
+    #   `train` always uses it when weight > 0)
+    strong: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(
+            modality_dropout=0.15, frame_mask=0.2, feature_dropout=0.1, gaussian_mix=0.1
+        )
+    )  # the strong view's noise (apply_to is ignored: every pool row is noised)
 
 
 @_section
@@ -326,6 +354,7 @@ class ExperimentConfig:
     scaling: WorkersConfig = field(default_factory=WorkersConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tune: SweepConfig = field(default_factory=SweepConfig)

@@ -19,11 +19,13 @@ from pathlib import Path
 
 from meiju_ray.config import ExperimentConfig, check_required, to_yaml
 from meiju_ray.data.packing import load_split
+from meiju_ray.distributed.ensemble import train_teachers
 from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
 from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
 from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri
+from meiju_ray.train import checkpoint
 from meiju_ray.train.inference import evaluate_checkpoint, hidden_test_scores, predict_checkpoint
 from meiju_ray.train.reference import logistic_reference
 
@@ -71,6 +73,33 @@ def _train_stage(
         )
         tracker.log_artifact(Path(stage.output_dir) / "metrics.json")
         tracker.log_model(ckpt)
+    return metrics
+
+
+def _ensemble_stage(cfg: ExperimentConfig, tracker: Tracker, n: int) -> dict:
+    """N teacher seeds in parallel on Ray (distributed.ensemble), scored as one ensemble; MLflow:
+    a nested run "teacher" with the ensemble's scores and each member's."""
+    out = Path(cfg.output_dir)
+    with tracker.run("teacher", nested=True, tags={"stage": "teacher", "ensemble": str(n)}):
+        tracker.log_config(_stage_cfg(cfg, "teacher"))
+        ckpt, members = train_teachers(cfg, out, n)
+        val = evaluate_checkpoint(ckpt, split=cfg.data.val_split)
+        metrics = {
+            **{k: val[k] for k in SCORES},
+            "ensemble_of": n,
+            "members": [{k: m[k] for k in SCORES} for m in members],
+            "majority_baseline": members[0]["majority_baseline"],
+            "n_pseudo": 0,
+        }
+        test = hidden_test_scores(ckpt)
+        if test is not None:
+            metrics["test"] = {k: test[k] for k in SCORES}
+            tracker.log_metrics({f"test_{k}": test[k] for k in SCORES})
+        for k, m in enumerate(members):
+            tracker.log_metrics({f"member{k}_val_joint": m["joint"]})
+        tracker.log_metrics({f"best_val_{k}": metrics[k] for k in SCORES})
+        write_json_atomic(Path(ckpt).parent / "metrics.json", metrics)
+        tracker.log_artifact(Path(ckpt).parent / "metrics.json")
     return metrics
 
 
@@ -126,7 +155,16 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
             reference["joint"],
         )
         log.info("[1] teacher: labelled data only")
-        teacher = _train_stage(cfg, tracker, "teacher")
+        teacher_cfg = cfg
+        if not cfg.consistency.in_teacher:  # online consistency is a student-stage method here
+            teacher_cfg = dataclasses.replace(
+                cfg, consistency=dataclasses.replace(cfg.consistency, weight=0.0)
+            )
+        n_teachers = cfg.pseudo.teachers if cfg.pseudo.enabled else 1
+        if n_teachers > 1:
+            teacher = _ensemble_stage(teacher_cfg, tracker, n_teachers)
+        else:
+            teacher = _train_stage(teacher_cfg, tracker, "teacher")
         t = lap("teacher", t)
         current_ckpt = out / "teacher" / "checkpoint"
         rounds: list[dict] = []
@@ -149,7 +187,9 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
                     r,
                     len(extra),
                 )
-                init = current_ckpt if cfg.pseudo.student_init == "teacher" else None
+                init = None
+                if cfg.pseudo.student_init == "teacher":  # an ensemble: its first member
+                    init = (checkpoint.ensemble_members(current_ckpt) or [current_ckpt])[0]
                 student = _train_stage(cfg, tracker, f"student_r{r}", extra, init)
                 t = lap(f"student_r{r}", t)
                 current_ckpt = out / f"student_r{r}" / "checkpoint"

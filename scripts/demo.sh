@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_DEDUP_LOGS=0
+# Ray's environment defaults (token authentication on) are set by meiju_ray.distributed.cluster
 WORLD=worlds/demo
 if [ ! -f "$WORLD/world.json" ]; then
   meiju-ray synth "$WORLD" --seed 0 --scale 0.25 --unlabeled 1500

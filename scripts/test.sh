@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_DEDUP_LOGS=0 RAY_TRAIN_ENABLE_PRINT_PATCH=0
-export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Ray / MLflow / HF environment defaults (Ray's token authentication stays on): tests/conftest.py
 export RAY_TMPDIR="${RAY_TMPDIR:-$(mktemp -d /tmp/meiju-ray-XXXX)}"
 python -m pytest "$@"

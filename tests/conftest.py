@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+from meiju_ray.distributed.cluster import RAY_ENV_DEFAULTS, protect_token_file  # no Ray import
+
+for _key, _value in RAY_ENV_DEFAULTS.items():  # token auth on, as for every user run
+    os.environ.setdefault(_key, _value)
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -107,5 +107,6 @@ def ray_cluster():
         log_to_driver=False,
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
+    protect_token_file()  # as init_ray does for a user's private cluster
     yield ray
     ray.shutdown()

@@ -286,3 +286,67 @@ def test_pipeline_unwritable_output_dir(ray_cluster, tiny_world, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(PermissionError, match="not writable"):
         run_pipeline(small_config(tiny_world, tmp_path / "file" / "run"))
+
+
+# ---- semi-supervised: online consistency under Ray Train, the parallel teacher ensemble ----------
+
+
+def test_online_consistency_under_ray_train_reads_pool_shards(ray_cluster, small_world, tmp_path):
+    """2 gloo workers, each with its own Ray Data shard of the pool (get_dataset_shard): the
+    consistency term runs on every step, and the EMA teacher is what gets saved."""
+    cfg = small_config(
+        small_world,
+        tmp_path / "run",
+        "train.epochs=3",
+        "train.patience=0",
+        f"data.cache_dir={tmp_path / 'packed'}",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=0.5",
+        "consistency.weight=1.0",
+        "consistency.warmup_epochs=0",
+        "model.hidden=64",
+    )
+    metrics = run_train(cfg)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert all(0 < h["train_cons_emotion_weight"] <= 1 for h in history)
+    assert all(np.isfinite(h["train_cons_intent"]) for h in history)
+    assert metrics["num_workers"] == 2 and (tmp_path / "run" / "checkpoint" / "model.pt").is_file()
+
+
+def test_teacher_ensemble_trains_in_parallel_and_averages_probabilities(
+    ray_cluster, small_world, tmp_path
+):
+    import torch
+
+    from meiju_ray.data.batching import iter_batches
+    from meiju_ray.data.packing import load_split
+    from meiju_ray.train import checkpoint
+    from meiju_ray.train.engine import predict_probs
+
+    out = tmp_path / "pipe"
+    cfg = small_config(
+        small_world,
+        out,
+        "train.epochs=3",
+        f"data.cache_dir={tmp_path / 'packed'}",
+        "pseudo.teachers=2",
+        "pseudo.targets=soft",
+        "pseudo.threshold=0.0",
+        "scaling.cpus_per_worker=1",
+        "tracking.enabled=false",
+    )
+    metrics = run_pipeline(cfg)
+    ensemble = out / "teacher" / "checkpoint"
+    members = checkpoint.ensemble_members(ensemble)
+    assert members == [(out / f"teacher_{k}" / "checkpoint").resolve() for k in (0, 1)]
+    assert metrics["teacher"]["joint"] > 0 and metrics["n_pseudo"] == 120  # soft: every row
+    assert [checkpoint.load_config_from(m).seed for m in members] == [cfg.seed, cfg.seed + 1]
+    # the ensemble's probabilities are the mean of its members'
+    val = load_split(cfg.data, cfg.data.val_split)
+    cpu = torch.device("cpu")
+    probs = [predict_probs(checkpoint.load(d)[0], iter_batches(val, 64), cpu) for d in members]
+    mean = (probs[0]["emotion"] + probs[1]["emotion"]) / 2
+    together = predict_probs(checkpoint.load(ensemble)[0], iter_batches(val, 64), cpu)
+    np.testing.assert_allclose(together["emotion"], mean, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(probs[0]["emotion"], probs[1]["emotion"])  # two different seeds

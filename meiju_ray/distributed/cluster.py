@@ -18,6 +18,9 @@ log = logging.getLogger("meiju_ray")
 # Environment defaults measured to matter here (docs: ray-mlflow-notes §5, §8); set before Ray
 # starts.
 RAY_ENV_DEFAULTS = {
+    # token authentication on (Ray 2.60's default for a cluster it starts; "token" also makes this
+    # process's clients send ~/.ray/auth_token, which the first start writes)
+    "RAY_AUTH_MODE": "token",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
@@ -70,11 +73,22 @@ def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> 
         log_to_driver=not quiet,
     )
     _STARTED_LOCAL = True
+    protect_token_file()
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = not quiet
     log.info("started a local Ray cluster with %d CPUs", num_cpus)
     return "local"
+
+
+def protect_token_file() -> None:
+    """Ray writes ~/.ray/auth_token readable by every local user (0644); make it the owner's."""
+    path = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+    try:
+        if os.stat(path).st_uid == os.getuid():
+            os.chmod(path, 0o600)
+    except OSError:
+        pass  # no token file (auth disabled by the user, or a token given as RAY_AUTH_TOKEN)
 
 
 def cluster_cpus() -> float:

@@ -24,8 +24,16 @@ import torch
 
 from meiju_ray.config import ExperimentConfig
 from meiju_ray.data.batching import iter_batches, shard_rows
-from meiju_ray.data.packing import PackedSplit
+from meiju_ray.data.layout import UNLABELED
+from meiju_ray.data.packing import (
+    PackedSplit,
+    pack_split,
+    packed_columns,
+    shard_files,
+    table_to_packed,
+)
 from meiju_ray.model.network import build_model
+from meiju_ray.train import consistency as cons
 from meiju_ray.train.engine import (
     FitResult,
     fit,
@@ -40,6 +48,7 @@ from meiju_ray.train.local import (
     initial_weights,
     load_train_val,
     log_epoch,
+    pool_batch_size,
     prepare_output,
     run_local,
     write_outputs,
@@ -50,11 +59,17 @@ STATE_FILE = "train_state.pt"
 
 
 def _save_state(
-    directory: str, model: torch.nn.Module, optimizer, epoch: int, result: FitResult
+    directory: str,
+    model: torch.nn.Module,
+    optimizer,
+    epoch: int,
+    result: FitResult,
+    teacher: torch.nn.Module | None = None,
 ) -> None:
     torch.save(
         {
             "model": unwrap(model).state_dict(),
+            "ema_teacher": None if teacher is None else teacher.state_dict(),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
             "best_epoch": result.best_epoch,
@@ -91,11 +106,17 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, cfg.train)
     state, start_epoch = None, 0
+    # Online consistency: this rank's shard of the pool, read once from its Ray Data shard (the
+    # driver never holds the pool), and the EMA teacher (a copy of the model, or resumed below).
+    pool = _read_pool_shard(cfg) if cons.is_active(cfg.consistency) else None
+    teacher = None if pool is None else cons.make_teacher(unwrap(model)).to(device)
     restored = ray.train.get_checkpoint()
     if restored:  # resume after a worker failure (or a restarted run)
         with restored.as_directory() as d:
             saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
         unwrap(model).load_state_dict(saved["model"])
+        if teacher is not None and saved.get("ema_teacher") is not None:
+            teacher.load_state_dict(saved["ema_teacher"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch = saved["epoch"] + 1
         state = FitResult(saved["best_epoch"], saved["best"], saved["history"], saved["best_state"])
@@ -106,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                _save_state(tmp, model, optimizer, epoch, current)
+                _save_state(tmp, model, optimizer, epoch, current, teacher)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(
                 {**metrics, "is_best": is_best, "resumed_from": start_epoch}, checkpoint=checkpoint
@@ -134,7 +155,40 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer=optimizer,
         state=current,
         augment=cfg.augment,
+        pool_batches=None
+        if pool is None
+        else lambda seed: iter_batches(
+            pool, pool_batch_size(cfg, world), True, seed + 7919 * rank, t.bucket_by_length
+        ),
+        consistency=cfg.consistency,
+        teacher=teacher,
     )
+
+
+def _read_pool_shard(cfg: ExperimentConfig) -> PackedSplit:
+    """This worker's rows of the unlabelled pool: its Ray Data shard (`get_dataset_shard`), read
+    once into memory and cycled by the engine (a streaming split must be consumed in lockstep
+    by every worker, which an endless pool iterator would not be)."""
+    import pyarrow as pa
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("pool")
+    tables = list(shard.iter_batches(batch_size=256, batch_format="pyarrow"))
+    if not tables or not sum(t.num_rows for t in tables):
+        raise ValueError("online consistency: this worker's shard of the pool is empty")
+    return table_to_packed(pa.concat_tables(tables), cfg.data.modalities)
+
+
+def pool_dataset(cfg: ExperimentConfig):
+    """The unlabelled pool's packed shards as a Ray Data dataset (split across the workers by Ray
+    Train's DataConfig, equal row counts per worker)."""
+    import ray.data
+
+    files = shard_files(pack_split(cfg.data, UNLABELED))
+    ds = ray.data.read_parquet(
+        [str(f) for f in files], columns=packed_columns(cfg.data.modalities, labels=False)
+    )
+    return ds.limit(cfg.pseudo.max_rows) if cfg.pseudo.max_rows else ds
 
 
 def epoch_stream():
@@ -156,7 +210,11 @@ def epoch_stream():
 
 
 def build_trainer(
-    cfg: ExperimentConfig, loop_config: dict, storage: Path | str, callbacks: list | None = None
+    cfg: ExperimentConfig,
+    loop_config: dict,
+    storage: Path | str,
+    callbacks: list | None = None,
+    datasets: dict | None = None,
 ):
     """TorchTrainer from config: workers, CPUs/GPUs per worker, failure and checkpoint policy.
 
@@ -182,6 +240,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=s.max_failures),
             callbacks=callbacks,
         ),
+        datasets=datasets,
     )
 
 
@@ -257,7 +316,8 @@ def run_distributed(
     reader = threading.Thread(target=drain, name="epoch-stream", daemon=True)
     reader.start()
     try:
-        result = build_trainer(cfg, loop_config, storage, callbacks=[stream]).fit()
+        datasets = {"pool": pool_dataset(cfg)} if cons.is_active(cfg.consistency) else None
+        result = build_trainer(cfg, loop_config, storage, [stream], datasets).fit()
     finally:
         done.set()
         reader.join()

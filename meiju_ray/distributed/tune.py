@@ -40,8 +40,9 @@ from meiju_ray.config import (
 from meiju_ray.data.layout import UNLABELED
 from meiju_ray.data.packing import PackedSplit, load_split
 from meiju_ray.distributed.cluster import init_ray
+from meiju_ray.distributed.ensemble import train_teachers
 from meiju_ray.distributed.pseudo_label import run_pseudo_label
-from meiju_ray.distributed.train import STATE_FILE, build_trainer, run_train
+from meiju_ray.distributed.train import STATE_FILE, build_trainer, pool_dataset, run_train
 from meiju_ray.fileio import atomic_dir, ensure_writable_dir, write_json_atomic
 from meiju_ray.model.network import build_model
 from meiju_ray.pseudo.labelling import PSEUDO_FILE, SUMMARY_FILE, pseudo_rows
@@ -59,7 +60,7 @@ from meiju_ray.tracking.sweep import TrialRuns, end_interrupted_runs, register_m
 from meiju_ray.tracking.tracker import Tracker, check_reachable
 from meiju_ray.train import checkpoint
 from meiju_ray.train.engine import unwrap
-from meiju_ray.train.local import fit_local, load_train_val
+from meiju_ray.train.local import fit_local, load_pool, load_train_val
 
 log = logging.getLogger("meiju_ray")
 
@@ -149,7 +150,7 @@ def _fit_in_trial(
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(model_dir)))
 
     model = build_model(cfg)
-    fit_local(cfg, train, val, on_epoch, model=model)
+    fit_local(cfg, train, val, on_epoch, model=model, pool=load_pool(cfg))
 
 
 def _fit_distributed(cfg: ExperimentConfig, train: PackedSplit, val_ref) -> None:
@@ -167,7 +168,8 @@ def _fit_distributed(cfg: ExperimentConfig, train: PackedSplit, val_ref) -> None
             f"{cfg.tune.storage.rstrip('/')}/{ctx.get_experiment_name()}/"
             f"{ctx.get_trial_name()}/ray_train"
         )
-    result = build_trainer(cfg, loop_config, storage, callbacks=[TuneReportCallback()]).fit()
+    datasets = {"pool": pool_dataset(cfg)} if cfg.consistency.weight > 0 else None
+    result = build_trainer(cfg, loop_config, storage, [TuneReportCallback()], datasets).fit()
     if result.error:
         raise result.error
 
@@ -191,13 +193,21 @@ def _teacher_and_pool(cfg: ExperimentConfig, tracker, out: Path, train: PackedSp
         if cfg.tune.teacher_checkpoint
         else out / "teacher" / "checkpoint"
     )
-    if not cfg.tune.teacher_checkpoint and not (teacher / "model.pt").is_file():
+    trained = (teacher / checkpoint.WEIGHTS).is_file() or (teacher / checkpoint.ENSEMBLE).is_file()
+    if not cfg.tune.teacher_checkpoint and not trained:
         log.info("[1] teacher: labelled data only -> %s", teacher.parent)
         teacher_cfg = dataclasses.replace(cfg, output_dir=str(teacher.parent))
+        if not cfg.consistency.in_teacher:
+            teacher_cfg = dataclasses.replace(
+                teacher_cfg, consistency=dataclasses.replace(cfg.consistency, weight=0.0)
+            )
         with tracker.run("teacher", nested=True, tags={"stage": "teacher"}):
             tracker.log_config(teacher_cfg)
-            run_train(teacher_cfg, on_epoch=lambda e, m, best: tracker.log_metrics(m, step=e))
-            tracker.log_model(teacher)
+            if cfg.pseudo.teachers > 1:  # an ensemble of seeds, in parallel on Ray
+                train_teachers(teacher_cfg, out, cfg.pseudo.teachers)
+            else:
+                run_train(teacher_cfg, on_epoch=lambda e, m, best: tracker.log_metrics(m, step=e))
+                tracker.log_model(teacher)
     pseudo = out / "pseudo"
     summary = (
         json.loads((pseudo / SUMMARY_FILE).read_text()) if (pseudo / SUMMARY_FILE).is_file() else {}

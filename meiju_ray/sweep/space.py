@@ -24,6 +24,7 @@ FIXED_PREFIXES = ("tune.", "ray.", "tracking.", "data.", "scaling.", "output_dir
 FIXED_KEYS = (
     "pseudo.calibrate",
     "pseudo.rounds",
+    "pseudo.teachers",
     "pseudo.max_rows",
     "pseudo.actors",
     "pseudo.cpus_per_actor",

@@ -6,20 +6,23 @@ Nothing here knows about Ray or MLflow: callers pass `on_epoch` to report/log ea
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from meiju_ray.config import AugmentConfig, LossConfig, TrainConfig
+from meiju_ray.config import AugmentConfig, ConsistencyConfig, LossConfig, TrainConfig
 from meiju_ray.data.batching import Batch, to_device
 from meiju_ray.model.losses import joint_loss
+from meiju_ray.train import consistency as cons
 from meiju_ray.train.augment import augment_batch
 from meiju_ray.train.metrics import scores
 
@@ -74,6 +77,29 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class NonFiniteLoss(ValueError):
+    """Training produced a NaN/Inf loss; `rows` are the batch's split-row indices whose own loss
+    is non-finite (empty when no single row is to blame, e.g. a learning rate that diverges)."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
+
+
+def _non_finite_rows(
+    model: nn.Module, batch: Batch, loss_cfg: LossConfig, class_weights: dict | None
+) -> list[int]:
+    """The batch rows whose own forward pass / loss is non-finite (run one at a time)."""
+    bad = []
+    with torch.no_grad():
+        for i in range(int(batch["weight"].shape[0])):
+            row = {k: v[i : i + 1] for k, v in batch.items()}
+            loss, _ = joint_loss(model(row), row, loss_cfg, class_weights)
+            if not bool(torch.isfinite(loss)):
+                bad.append(int(batch["index"][i]))
+    return bad
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -85,9 +111,12 @@ def train_one_epoch(
     amp: bool = False,
     scaler: torch.amp.GradScaler | None = None,
     augment: AugmentConfig | None = None,
+    online: OnlineConsistency | None = None,
+    epoch: int = 0,
 ) -> dict[str, float]:
     """One pass; returns the sample-weighted mean of the total loss and of each part. `augment`:
-    feature-level noise on the training inputs (noisy student; `train.augment`).
+    feature-level noise on the training inputs (noisy student; `train.augment`). `online`: a pool
+    batch per step with the EMA teacher's consistency term (`train.consistency`).
 
     Pass the same `scaler` every epoch (as `fit` does) so the AMP loss scale carries over;
     without one a fresh scaler is made for this pass.
@@ -100,13 +129,38 @@ def train_one_epoch(
     # scaler is disabled, so scale/unscale_/update are no-ops and step is optimizer.step().
     if scaler is None:
         scaler = make_scaler(amp, device)
-    for batch in batches:
+    for step, batch in enumerate(batches):
         batch = to_device(batch, device)
         if augment is not None:
             batch = augment_batch(batch, augment)
         with torch.autocast(device.type, enabled=use_amp):
             outputs = model(batch)
             loss, parts = joint_loss(outputs, batch, loss_cfg, class_weights)
+            if online is not None:
+                pool = to_device(next(online.batches), device)
+                targets = cons.teacher_probs(online.teacher, pool)  # clean view, EMA weights
+                strong = augment_batch(pool, online.strong)
+                # through the inner module: one DDP forward per backward (the pool term's gradients
+                # are summed into the same backward, so DDP still averages them across ranks)
+                pool_loss, pool_parts = cons.consistency_loss(
+                    unwrap(model)(strong), targets, online.cfg, online.softmatch
+                )
+                loss = loss + online.weight * pool_loss
+                parts.update(pool_parts)
+        if not bool(torch.isfinite(loss)):  # stop before a NaN reaches the weights
+            rows = _non_finite_rows(model, batch, loss_cfg, class_weights)
+            if len(rows) == int(batch["weight"].shape[0]) > 1:  # every row: the model diverged
+                rows = []
+            raise NonFiniteLoss(
+                f"non-finite training loss ({float(loss)}) at epoch {epoch + 1}, batch {step + 1}"
+                + (
+                    f": rows {rows} of the training split give a non-finite loss on their own "
+                    "(check their feature files)"
+                    if rows
+                    else ": no single row is to blame (lower train.lr, or set train.grad_clip)"
+                ),
+                rows,
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip > 0:
@@ -114,6 +168,8 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if online is not None:
+            cons.ema_update(online.teacher, unwrap(model), online.cfg.ema_decay)
         n = int(batch["weight"].shape[0])
         n_total += n
         for key, value in {"loss": float(loss.detach()), **parts}.items():
@@ -160,6 +216,33 @@ def evaluate(
 
 
 @dataclass
+class OnlineConsistency:
+    """What one epoch of online consistency needs: an endless iterator of pool batches, the EMA
+    teacher, the ramped weight, the strong view's noise and SoftMatch's running statistics."""
+
+    batches: Iterator[Batch]
+    teacher: nn.Module
+    cfg: ConsistencyConfig
+    weight: float
+    softmatch: cons.SoftMatchState
+
+    @property
+    def strong(self) -> AugmentConfig:
+        return dataclasses.replace(self.cfg.strong, apply_to="all")
+
+
+def endless(make: Callable[[int], Iterable[Batch]], epoch: int) -> Iterator[Batch]:
+    """Pass after pass over `make(seed)` (reshuffled each pass) for one epoch's pool batches."""
+    for k in itertools.count():
+        empty = True
+        for batch in make(epoch * 1009 + k):
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("online consistency: the unlabelled pool yielded no batch")
+
+
+@dataclass
 class FitResult:
     best_epoch: int
     best: dict[str, float]  # validation emo / int / joint at the best epoch
@@ -182,6 +265,9 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     state: FitResult | None = None,
     augment: AugmentConfig | None = None,
+    pool_batches: Callable[[int], Iterable[Batch]] | None = None,
+    consistency: ConsistencyConfig | None = None,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train for `train_cfg.epochs`, validating after every epoch; keep the best by val joint
     (strict >).
@@ -191,6 +277,9 @@ def fit(
         epoch.
     `start_epoch`, `optimizer` and `state` let a resumed run continue where it stopped. `augment`:
     feature-level noise on the training batches only (never on validation).
+    `pool_batches(seed)` + `consistency` (weight > 0): online consistency against an EMA teacher
+    (`teacher`, resumed, or a copy of the model); with consistency.evaluate == "ema" the EMA
+    weights are the ones validated and kept as best.
     """
     t0 = time.time()
     optimizer = optimizer or make_optimizer(model, train_cfg)
@@ -198,6 +287,11 @@ def fit(
     result = state or FitResult(best_epoch=-1, best={"emo": 0.0, "int": 0.0, "joint": -1.0})
     if class_weights:
         class_weights = {k: v.to(device) for k, v in class_weights.items()}
+    online_on = cons.is_active(consistency) and pool_batches is not None
+    if online_on and teacher is None:
+        teacher = cons.make_teacher(unwrap(model))
+    softmatch = cons.SoftMatchState(consistency.softmatch_momentum if online_on else 0.99)
+    evaluated = teacher if online_on and consistency.evaluate == "ema" else model
     for epoch in range(start_epoch, train_cfg.epochs):
         for group in optimizer.param_groups:
             group["lr"] = train_cfg.lr * lr_factor(epoch, train_cfg)
@@ -213,8 +307,18 @@ def fit(
             train_cfg.amp,
             scaler,
             augment,
+            OnlineConsistency(
+                endless(pool_batches, epoch),
+                teacher,
+                consistency,
+                cons.ramp(epoch, consistency),
+                softmatch,
+            )
+            if online_on
+            else None,
+            epoch,
         )
-        val = evaluate(model, val_batches(), device, train_cfg.track)
+        val = evaluate(evaluated, val_batches(), device, train_cfg.track)
         metrics = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
@@ -229,7 +333,7 @@ def fit(
             result.best_epoch = epoch
             result.best = {"emo": val["emo"], "int": val["int"], "joint": val["joint"]}
             result.best_state = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+                {k: v.detach().cpu() for k, v in unwrap(evaluated).state_dict().items()}
             )
         result.history.append(metrics)
         if on_epoch:

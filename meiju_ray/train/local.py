@@ -11,16 +11,26 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from meiju_ray.config import ExperimentConfig, check_required, to_yaml
 from meiju_ray.data.batching import iter_batches
+from meiju_ray.data.layout import UNLABELED
 from meiju_ray.data.packing import PackedSplit, load_split
 from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
 from meiju_ray.model.losses import balanced_class_weights
 from meiju_ray.model.network import build_model, count_parameters
 from meiju_ray.train import checkpoint
-from meiju_ray.train.engine import FitResult, fit, resolve_device, seed_everything, set_threads
+from meiju_ray.train import consistency as cons
+from meiju_ray.train.engine import (
+    FitResult,
+    NonFiniteLoss,
+    fit,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 from meiju_ray.train.metrics import majority_scores
 
 log = logging.getLogger("meiju_ray")
@@ -49,6 +59,28 @@ def load_train_val(
     return train, val
 
 
+def load_pool(cfg: ExperimentConfig) -> PackedSplit | None:
+    """The unlabelled pool for online consistency (None when consistency is off)."""
+    if not cons.is_active(cfg.consistency):
+        return None
+    pool = load_split(cfg.data, UNLABELED, lambda msg: log.info(msg))
+    if not len(pool):
+        raise ValueError(
+            f"consistency.weight={cfg.consistency.weight} needs unlabelled rows, but "
+            f"{cfg.data.unlabeled_dir} under {cfg.data.root} has none"
+        )
+    if cfg.pseudo.max_rows and len(pool) > cfg.pseudo.max_rows:
+        pool = pool.subset(
+            np.random.default_rng(cfg.seed).permutation(len(pool))[: cfg.pseudo.max_rows]
+        )
+    return pool
+
+
+def pool_batch_size(cfg: ExperimentConfig, world_size: int = 1) -> int:
+    """Pool rows per step (per rank): consistency.pool_ratio x the labelled batch size."""
+    return max(1, cfg.consistency.pool_ratio * cfg.train.batch_size // world_size)
+
+
 def initial_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     """The state_dict of a saved checkpoint (a student starting from its teacher)."""
     return torch.load(
@@ -62,9 +94,10 @@ def fit_local(
     val: PackedSplit,
     on_epoch: EpochCallback | None = None,
     model: torch.nn.Module | None = None,
+    pool: PackedSplit | None = None,
 ) -> tuple[FitResult, torch.nn.Module]:
     """The in-process training path. `model`: train this one (built from cfg when None; pass it to
-    read its live weights from `on_epoch`)."""
+    read its live weights from `on_epoch`). `pool`: unlabelled rows for online consistency."""
     seed_everything(cfg.seed)
     set_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
@@ -76,8 +109,19 @@ def fit_local(
         count_parameters(model) / 1e6,
         device,
     )
+    try:
+        result = _fit(cfg, model, device, train, val, on_epoch, pool)
+    except NonFiniteLoss as exc:
+        if not exc.rows:
+            raise
+        ids = [train.ids[i] for i in exc.rows[:5]]
+        raise NonFiniteLoss(f"{exc} -- ids {ids}", exc.rows) from None
+    return result, model
+
+
+def _fit(cfg, model, device, train, val, on_epoch, pool) -> FitResult:
     t = cfg.train
-    result = fit(
+    return fit(
         model,
         t,
         cfg.loss,
@@ -89,8 +133,11 @@ def fit_local(
         class_weights=class_weights_for(cfg, train),
         on_epoch=on_epoch,
         augment=cfg.augment,
+        pool_batches=None
+        if pool is None
+        else lambda seed: iter_batches(pool, pool_batch_size(cfg), True, seed, t.bucket_by_length),
+        consistency=cfg.consistency,
     )
-    return result, model
 
 
 def log_epoch(epoch: int, m: dict[str, float], is_best: bool) -> None:
@@ -180,7 +227,10 @@ def run_local(
         seed_everything(cfg.seed)
         model = build_model(cfg)
         model.load_state_dict(initial_weights(init_from))
-    result, _ = fit_local(cfg, train, val, callback, model=model)
+    pool = load_pool(cfg)
+    if pool is not None:
+        log.info("online consistency on %d unlabelled rows (EMA teacher)", len(pool))
+    result, _ = fit_local(cfg, train, val, callback, model=model, pool=pool)
     n_extra = 0 if extra_train is None else len(extra_train)
     metrics = write_outputs(cfg, result, train, val, {"n_pseudo": n_extra})
     log.info(

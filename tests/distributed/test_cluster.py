@@ -264,3 +264,29 @@ def test_broken_cluster_yaml_fails_validation(cluster, breakage, message):
     breakage(broken)
     with pytest.raises(Exception, match=message):
         _validate(broken)
+
+
+def test_private_cluster_admits_only_clients_with_its_token(ray_cluster, tmp_path):
+    """The session's private cluster runs with Ray's token authentication: a process without the
+    token (auth disabled, or a wrong token) cannot join it; one with the token can. (Ray 2.60's
+    GCS and raylet listen on every interface whatever node IP is given, measured; the token is
+    what keeps another host out.)"""
+    address = ray_cluster.get_runtime_context().gcs_address
+    code = f"import ray; ray.init(address={address!r}); print('joined', flush=True)"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+
+    def joins(**env: str) -> bool:
+        run = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return run.returncode == 0 and "joined" in run.stdout
+
+    assert not joins(RAY_AUTH_MODE="disabled")
+    assert not joins(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    assert joins(RAY_AUTH_MODE="token")  # the token the private cluster's first start wrote
+    token = Path(os.path.expanduser("~/.ray/auth_token"))
+    assert token.stat().st_mode & 0o077 == 0  # not readable by other local users

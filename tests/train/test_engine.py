@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +253,47 @@ def test_train_one_epoch_reports_row_weighted_means(world):
     assert stats["emotion"] == pytest.approx(
         (10 * p1["emotion"] + 3 * p2["emotion"]) / 13, rel=1e-5
     )
+
+
+# ---- a non-finite loss stops training before any weight or checkpoint is touched ---------------
+
+
+def _world_copy_with_a_huge_value(tiny_world, tmp_path):
+    import shutil
+
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world, root)
+    first = (root / "Annotation" / "Training_files.txt").read_text().split()[0]  # <id>.mp4
+    path = root / "Annotation" / "features" / "wav2vec" / f"{Path(first).stem}.npy"
+    x = np.load(path)
+    x[0, 0] = 3e38  # finite in float32, but the first layer overflows to inf
+    np.save(path, x)
+    return root, path.stem
+
+
+def test_one_exploding_row_stops_training_naming_its_id(tiny_world, tmp_path):
+    from meiju_ray.train.local import run_local
+
+    root, bad_id = _world_copy_with_a_huge_value(tiny_world, tmp_path)
+    cfg = small_config(root, tmp_path / "run", "train.epochs=2", f"data.cache_dir={tmp_path / 'p'}")
+    with pytest.raises(engine.NonFiniteLoss, match=rf"epoch 1, batch \d+: rows .*{bad_id}"):
+        run_local(cfg)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_diverging_learning_rate_stops_with_a_clear_error(tiny_world, tmp_path):
+    from meiju_ray.train.local import run_local
+
+    cfg = small_config(
+        tiny_world,
+        tmp_path / "run",
+        "train.epochs=3",
+        "train.lr=1e30",
+        "train.grad_clip=0",
+        f"data.cache_dir={tmp_path / 'p'}",
+    )
+    with pytest.raises(engine.NonFiniteLoss, match="no single row is to blame") as info:
+        run_local(cfg)
+    assert isinstance(info.value, ValueError)  # the CLI's one-line error and exit 2
+    assert not (tmp_path / "run" / "checkpoint").exists()
