@@ -83,6 +83,16 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "soft distillation, noise on the pool rows only (augment.apply_to=pseudo)",
         SOFT + NOISE + ["augment.apply_to=pseudo"],
     ),
+    "soft_kd+pnoise_r1": (
+        "soft distillation, noise on pool rows, each epoch a fresh draw of 1 pool row per gold row",
+        SOFT + NOISE + ["augment.apply_to=pseudo", "pseudo.epoch_pool_ratio=1"],
+    ),
+    "ens3+soft_kd+pnoise_r1": (
+        "3-seed teacher ensemble + soft_kd+pnoise_r1",
+        SOFT
+        + NOISE
+        + ["augment.apply_to=pseudo", "pseudo.epoch_pool_ratio=1", "pseudo.teachers=3"],
+    ),
     "ens3+soft_kd+pnoise": (
         "3-seed teacher ensemble, soft distillation, noise on the pool rows only",
         SOFT + NOISE + ["augment.apply_to=pseudo", "pseudo.teachers=3"],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from meiju_ray.config import ConfigError, load_config
 from meiju_ray.data.layout import UNLABELED, DataError
+from meiju_ray.fileio import DirectoryInUse
 from meiju_ray.tracking.tracker import TrackingError
 
 log = logging.getLogger("meiju_ray")
@@ -543,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         PermissionError,
         ValueError,
+        DirectoryInUse,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

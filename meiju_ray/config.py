@@ -233,6 +233,8 @@ class PseudoLabelConfig:
     #   the class prior of the labelled rows
     student_init: Literal["scratch", "teacher"] = "scratch"  # teacher: start from its weights
     rounds: PositiveInt = 1  # teacher -> student -> student becomes the next teacher
+    epoch_pool_ratio: NonNegativeFloat = 0.0  # each student epoch sees all gold rows and a
+    #   fresh draw of this many pool rows per gold row; 0 = every pool row every epoch
     teachers: PositiveInt = 1  # pipeline: an ensemble of this many teacher seeds, trained in
     #   parallel on Ray; its mean probabilities label the pool
     max_rows: Int = 0  # use at most this many unlabelled rows (0 = all)

@@ -86,3 +86,68 @@ def atomic_file(target: str | os.PathLike, mode: str = "w", **open_kwargs) -> It
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """A file the user asked for may be written (or replaced) at `path`: not a directory, not
+    under a file, and never inside a checkpoint directory (its model.pt, config.yaml, ...)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    for up in (parent, *parent.parents):
+        if up.exists() and not up.is_dir():
+            raise ValueError(f"{what} {path}: {up} is a file, not a directory")
+    if any((parent / marker).is_file() for marker in CHECKPOINT_MARKERS):
+        raise ValueError(
+            f"{what} {path} is inside a checkpoint directory ({parent}); write elsewhere"
+        )
+    return path
+
+
+def check_replaceable_dir(path: str | os.PathLike, own_marker: str, what: str) -> Path:
+    """A directory a command is about to replace as a whole: absent, empty, or its own earlier
+    output (it holds `own_marker`). Anything else (a run directory, unrelated files) is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / own_marker).is_file():
+        raise ValueError(
+            f"{what} {path} already holds other files (no {own_marker}: it is not an earlier "
+            f"{what}); choose a new or empty directory"
+        )
+    return path
+
+
+# files that make a directory a checkpoint (train.checkpoint: model.pt or ensemble.json + config)
+CHECKPOINT_MARKERS = ("model.pt", "ensemble.json")
+
+
+class DirectoryInUse(RuntimeError):
+    """Another live process holds the lock of an output directory."""
+
+
+@contextmanager
+def locked_dir(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on `directory` (its `.lock` file, flock) while a run writes there:
+    a second writer fails at once naming the holder's pid. The kernel drops the lock when the
+    holder exits, also when it is killed, so a crash never leaves a stale lock."""
+    import fcntl
+
+    directory = Path(directory)
+    path = directory / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise DirectoryInUse(
+                f"{directory} is in use by another run (pid {holder}); wait for it to finish "
+                "or choose another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock

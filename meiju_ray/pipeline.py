@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from meiju_ray.config import ExperimentConfig, check_required, to_yaml
-from meiju_ray.data.packing import load_split
+from meiju_ray.data.layout import UNLABELED, check_splits
+from meiju_ray.data.packing import load_split, pack_split
 from meiju_ray.distributed.ensemble import train_teachers
 from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
-from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
+from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
 from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri
 from meiju_ray.train import checkpoint
@@ -119,7 +120,24 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     tracker = Tracker(cfg)
     if tracker.enabled:
         check_reachable(resolve_uri(cfg))  # fail fast, before any training
-    write_text_atomic(out / "config.yaml", to_yaml(cfg))
+    with locked_dir(out):  # one pipeline per output_dir at a time
+        preflight(cfg)
+        return _run_pipeline(cfg, out, tracker)
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """Everything the stages will read, checked (and packed, which reads every feature file)
+    before the teacher's first epoch: the labelled splits, the test split, and the pool when a
+    stage uses it. A missing or empty pool, a leak between splits or a bad file fails here."""
+    uses_pool = cfg.pseudo.enabled or cfg.consistency.weight > 0
+    check_splits(cfg.data, test=True, pool=uses_pool)
+    progress = lambda msg: log.info(msg)  # noqa: E731
+    splits = [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split]
+    for split in splits + ([UNLABELED] if uses_pool else []):
+        pack_split(cfg.data, split, progress)
+
+
+def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
     t0 = time.time()
     stage_seconds: dict[
         str, float
@@ -248,6 +266,7 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
             "stage_seconds": stage_seconds,
         }
         write_json_atomic(out / "metrics.json", metrics)
+        write_text_atomic(out / "config.yaml", to_yaml(cfg))  # with the results it produced
         tracker.log_metrics(
             {f"teacher_{k}": teacher[k] for k in SCORES}
             | {f"student_{k}": student[k] for k in SCORES}

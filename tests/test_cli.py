@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -221,3 +222,51 @@ def test_unwritable_output_dir(tiny_world, tmp_path, capsys):
     blocker.write_text("x")
     err = run_bad(capsys, train_args(tiny_world, blocker / "run"))
     assert "not writable" in err
+
+
+def test_outputs_never_replace_what_the_user_did_not_ask_to_replace(tiny_world, tmp_path, capsys):
+    """predict --out refuses a checkpoint's own files, a directory and a path under a file;
+    pseudo-label --out refuses a directory that is not an earlier pseudo-label output."""
+    run = tmp_path / "run"
+    assert main(train_args(tiny_world, run, "train.epochs=1")) == 0
+    ckpt = run / "checkpoint"
+    weights = (ckpt / "model.pt").read_bytes()
+    (tmp_path / "file").write_text("x")
+    for out, message in (
+        (ckpt / "model.pt", "inside a checkpoint directory"),
+        (ckpt / "submission.csv", "inside a checkpoint directory"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "file" / "s.csv", "is a file, not a directory"),
+    ):
+        err = run_bad(capsys, ["predict", "--checkpoint", str(ckpt), "--out", str(out)])
+        assert message in err, err
+    assert (ckpt / "model.pt").read_bytes() == weights
+    # pseudo-label into the run directory itself, or a folder with the user's notes
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    for out in (run, notes):
+        args = train_args(tiny_world, run)[2:]
+        err = run_bad(capsys, ["pseudo-label", *args, "--checkpoint", str(ckpt), "--out", str(out)])
+        assert "already holds other files" in err, err
+    assert (notes / "notes.txt").read_text() == "mine"
+    assert (run / "metrics.json").is_file() and (ckpt / "model.pt").read_bytes() == weights
+
+
+def test_a_second_writer_is_refused_and_a_failed_rerun_keeps_the_old_run_consistent(
+    tiny_world, tmp_path, capsys
+):
+    from meiju_ray.fileio import locked_dir
+
+    run = tmp_path / "run"
+    assert main(train_args(tiny_world, run, "train.epochs=1")) == 0
+    before = {n: (run / n).read_text() for n in ("config.yaml", "metrics.json")}
+    with locked_dir(run):  # another live run holds the directory
+        err = run_bad(capsys, train_args(tiny_world, run, "train.epochs=1"))
+    assert f"in use by another run (pid {os.getpid()})" in err
+    # a re-run that fails (a feature file of the new data is broken) changes nothing
+    world = broken_world(tiny_world, tmp_path)
+    victim = sorted((world / "Annotation" / "features" / "wav2vec").glob("*Training*.npy"))[0]
+    np.save(victim, np.zeros((2, 3, 4), np.float32))
+    run_bad(capsys, train_args(world, run, "train.epochs=2"))
+    assert {n: (run / n).read_text() for n in ("config.yaml", "metrics.json")} == before

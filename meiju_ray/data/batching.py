@@ -130,6 +130,21 @@ def iter_batches(
         yield collate(split, batch_rows, pool)
 
 
+def epoch_rows(split: PackedSplit, pool_ratio: float, seed: int) -> np.ndarray | None:
+    """This epoch's rows: every gold row plus a fresh random draw of pool rows, pool_ratio x the
+    gold count (pseudo.epoch_pool_ratio); None = every row (ratio 0, or the pool is that small).
+    Bounds a student's epoch when the pool is much larger than the labelled set."""
+    if pool_ratio <= 0 or split.pseudo is None:
+        return None
+    pseudo = split.is_pseudo()
+    gold, pool = np.flatnonzero(~pseudo), np.flatnonzero(pseudo)
+    k = int(round(pool_ratio * len(gold)))
+    if k >= len(pool):
+        return None
+    pick = np.random.default_rng(seed).choice(pool, k, replace=False)
+    return np.sort(np.concatenate([gold, pick]))
+
+
 def shard_rows(n: int, rank: int, world_size: int, seed: int) -> np.ndarray:
     """This rank's rows for one epoch: a seeded permutation dealt round-robin, truncated so
     every rank gets the same count (DDP needs the same number of steps on every rank)."""

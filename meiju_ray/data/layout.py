@@ -38,6 +38,7 @@ class SplitList:
     ids: list[str]
     emotion: np.ndarray  # (N,) int64
     intent: np.ndarray  # (N,) int64
+    lines: tuple[int, ...] = ()  # the list file's line of each id (empty when not from a file)
 
     @property
     def labelled(self) -> bool:
@@ -78,6 +79,13 @@ def _label_id(value: str, labels: list[str], path: Path, lineno: int, task: str)
         ) from None
 
 
+def check_plain_id(utt: str, where: str) -> None:
+    """Ids name files (`<id>.npy` under a feature folder): only a plain file name is one, so an id
+    can never make a reader (or a writer) leave its folder."""
+    if utt in (".", "..") or "/" in utt or "\\" in utt or "\0" in utt or os.path.isabs(utt):
+        raise DataError(f"{where}: id {utt!r} is not a plain file name (no '/', '\\' or '..')")
+
+
 def read_split_list(
     path: Path, emotion_labels: list[str], intent_labels: list[str], name: str = ""
 ) -> SplitList:
@@ -92,8 +100,9 @@ def read_split_list(
     emo: list[int] = []
     intent: list[int] = []
     seen: dict[str, int] = {}
+    lines: list[int] = []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 BOM (spreadsheet exports) is dropped
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -108,10 +117,12 @@ def read_split_list(
                 f"{path}:{lineno}: expected '<id> <emotion> <intent>' or '<id>', got {line!r}"
             )
         utt = strip_extension(parts[0])
+        check_plain_id(utt, f"{path}:{lineno}")
         if utt in seen:
             raise DataError(f"{path}:{lineno}: duplicate id {utt!r} (first on line {seen[utt]})")
         seen[utt] = lineno
         ids.append(utt)
+        lines.append(lineno)
         if len(parts) == 3:
             emo.append(_label_id(parts[1], emotion_labels, path, lineno, "emotion"))
             intent.append(_label_id(parts[2], intent_labels, path, lineno, "intent"))
@@ -126,7 +137,40 @@ def read_split_list(
         ids,
         np.asarray(emo, dtype=np.int64),
         np.asarray(intent, dtype=np.int64),
+        tuple(lines),
     )
+
+
+def check_splits(cfg: DataConfig, test: bool = False, pool: bool = False) -> None:
+    """Before any training: Training and Validation lines carry both labels, and no id is in two
+    of Training / Validation / Testing / the pool (a leak that would inflate every score).
+    `test`, `pool`: also read those lists (the pipeline needs them; found late otherwise)."""
+    lists = [split_list(cfg, cfg.train_split), split_list(cfg, cfg.val_split)]
+    for sl in lists:
+        bad = np.flatnonzero((sl.emotion < 0) | (sl.intent < 0))
+        if len(bad):
+            where = f"{sl.path}:{sl.lines[bad[0]]}" if sl.lines else str(sl.path)
+            raise DataError(
+                f"{where}: id {sl.ids[bad[0]]!r} has no labels ({len(bad)} of {len(sl.ids)} "
+                f"{sl.name} lines); labelled splits need '<id> <emotion> <intent>' on every line"
+            )
+    if test:
+        lists.append(split_list(cfg, cfg.test_split))
+    if pool:
+        unlabelled = split_list(cfg, UNLABELED)
+        if not unlabelled.ids:
+            raise DataError(f"the unlabelled pool under {cfg.root} lists no ids")
+        lists.append(unlabelled)
+    owner: dict[str, SplitList] = {}
+    for sl in lists:
+        for i, utt in enumerate(sl.ids):
+            first = owner.setdefault(utt, sl)
+            if first is not sl:
+                where = f"{sl.path}:{sl.lines[i]}" if sl.lines else str(sl.path)
+                raise DataError(
+                    f"{where}: id {utt!r} is also in {first.name} ({first.path}); an utterance "
+                    "belongs to one split only"
+                )
 
 
 def unlabeled_list(cfg: DataConfig) -> SplitList:
@@ -162,7 +206,8 @@ def load_feature(path: Path, modality: ModalityConfig) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # corrupt/truncated files raise many different types
-        raise DataError(f"unreadable feature file {path}: {exc}") from None
+        why = "not a numeric .npy array" if "pickle" in str(exc) else str(exc)
+        raise DataError(f"unreadable feature file {path}: {why}") from None
     if arr.ndim == 1 and arr.shape[0] == modality.dim:
         arr = arr[None, :]  # an utterance-level vector is a T=1 sequence
     if arr.ndim != 2:
@@ -174,8 +219,8 @@ def load_feature(path: Path, modality: ModalityConfig) -> np.ndarray:
         )
     if arr.shape[0] == 0:
         raise DataError(f"{path}: T=0 (no frames); write at least one (zero) row")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{path}: non-numeric dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(f"{path}: dtype {arr.dtype} is not a real number type (float or int)")
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise DataError(f"{path}: contains NaN or Inf values")

@@ -254,7 +254,13 @@ def pack_split(
     key = fingerprint(cfg, listing)
     out = cache_root(cfg) / f"{split}-{key}"
     if (out / MANIFEST).is_file() and not force:
-        return out
+        if cache_is_intact(out):
+            return out
+        if progress:
+            progress(
+                f"{out}: the cached shards do not match their manifest (a file missing or "
+                "truncated); packing again"
+            )
     manifest = {
         "split": split,
         "fingerprint": key,
@@ -269,6 +275,16 @@ def pack_split(
         if old != out and old.is_dir() and (old / MANIFEST).is_file():
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def cache_is_intact(packed_dir: Path) -> bool:
+    """Every shard's Parquet footer readable and the row counts adding up to the manifest's."""
+    try:
+        manifest = json.loads((Path(packed_dir) / MANIFEST).read_text())
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(packed_dir))
+    except (OSError, ValueError, pa.ArrowException, DataError):
+        return False
+    return rows == manifest.get("rows")
 
 
 def shard_files(packed_dir: Path) -> list[Path]:

@@ -34,7 +34,9 @@ from meiju_ray.distributed.cluster import (
     check_cpu_budget,
     init_ray,
 )
+from meiju_ray.fileio import check_replaceable_dir
 from meiju_ray.pseudo.labelling import (
+    SUMMARY_FILE,
     TeacherPredictor,
     choose_engine,
     collect_predictions,
@@ -45,7 +47,6 @@ from meiju_ray.pseudo.labelling import (
 from meiju_ray.train import checkpoint
 
 log = logging.getLogger("meiju_ray")
-PSEUDO_FILE, SUMMARY_FILE = "pseudo_labels.parquet", "summary.json"
 
 
 def inference_engine(cfg: ExperimentConfig, n_rows: int) -> str:
@@ -129,6 +130,7 @@ def run_pseudo_label(
     """Teacher -> probabilities on the pool -> calibrated selection; writes out_dir; returns the
     summary."""
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
+    check_replaceable_dir(out_dir, SUMMARY_FILE, "pseudo-label output")  # before any inference
     checkpoint.load_config_from(
         teacher_dir
     )  # fails fast with a clear message if it is not a checkpoint

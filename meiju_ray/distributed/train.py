@@ -20,10 +20,11 @@ import tempfile
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from meiju_ray.config import ExperimentConfig
-from meiju_ray.data.batching import iter_batches, shard_rows
+from meiju_ray.data.batching import epoch_rows, iter_batches, shard_rows
 from meiju_ray.data.layout import UNLABELED
 from meiju_ray.data.packing import (
     PackedSplit,
@@ -32,6 +33,7 @@ from meiju_ray.data.packing import (
     shard_files,
     table_to_packed,
 )
+from meiju_ray.fileio import locked_dir
 from meiju_ray.model.network import build_model
 from meiju_ray.train import consistency as cons
 from meiju_ray.train.engine import (
@@ -146,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
             True,
             cfg.seed + e,
             t.bucket_by_length,
-            rows=shard_rows(len(train), rank, world, cfg.seed + e),
+            rows=_rank_rows(train, cfg, rank, world, cfg.seed + e),
         ),
         val_batches=lambda: iter_batches(val, 2 * t.batch_size, False, 0, t.bucket_by_length),
         class_weights=class_weights_for(cfg, train),
@@ -163,6 +165,15 @@ def train_loop_per_worker(config: dict) -> None:
         consistency=cfg.consistency,
         teacher=teacher,
     )
+
+
+def _rank_rows(
+    train: PackedSplit, cfg: ExperimentConfig, rank: int, world: int, seed: int
+) -> np.ndarray:
+    """This rank's rows of this epoch (the epoch's draw of pool rows, then dealt to the ranks)."""
+    rows = epoch_rows(train, cfg.pseudo.epoch_pool_ratio, seed)
+    rows = np.arange(len(train)) if rows is None else rows
+    return rows[shard_rows(len(rows), rank, world, seed)]
 
 
 def _read_pool_shard(cfg: ExperimentConfig) -> PackedSplit:
@@ -266,11 +277,16 @@ def run_distributed(
 ) -> dict:
     """Driver side of `meiju-ray train` with scaling.num_workers >= 1; same outputs as local
     mode."""
+    with locked_dir(prepare_output(cfg)):
+        return _run_distributed(cfg, extra_train, on_epoch, init_from)
+
+
+def _run_distributed(cfg, extra_train, on_epoch, init_from) -> dict:
     import ray
 
     from meiju_ray.distributed.cluster import init_ray
 
-    out = prepare_output(cfg)
+    out = Path(cfg.output_dir)
     init_ray(cfg.ray)
     train, val = load_train_val(cfg, extra_train)
     initial = None if init_from is None else ray.put(initial_weights(init_from))

@@ -8,7 +8,7 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
-from meiju_ray.data.layout import DataError, strip_extension
+from meiju_ray.data.layout import DataError, check_plain_id, strip_extension
 from meiju_ray.fileio import atomic_file
 
 ID_COLUMNS = ("FileName", "name", "id")
@@ -35,6 +35,7 @@ def read_transcripts(path: str | Path) -> list[tuple[str, str]]:
             utt = strip_extension((row.get(id_col) or "").strip())
             if not utt:
                 raise DataError(f"{path}:{lineno}: empty {id_col}")
+            check_plain_id(utt, f"{path}:{lineno}")  # extract-text writes <id>.npy
             if utt in seen:
                 raise DataError(f"{path}:{lineno}: duplicate id {utt!r}")
             seen.add(utt)

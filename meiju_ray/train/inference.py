@@ -19,7 +19,7 @@ from meiju_ray.config import ExperimentConfig
 from meiju_ray.data.batching import iter_batches
 from meiju_ray.data.layout import resolve
 from meiju_ray.data.packing import PackedSplit, load_split, with_withheld_labels
-from meiju_ray.fileio import write_text_atomic
+from meiju_ray.fileio import check_output_file, write_text_atomic
 from meiju_ray.train import checkpoint
 from meiju_ray.train.engine import evaluate, predict_probs, resolve_device, set_threads
 from meiju_ray.train.metrics import confusion, scores
@@ -90,6 +90,7 @@ def predict_checkpoint(
     device: str = "auto",
 ) -> Path:
     """Write submission.csv for every id listed in `split`, in list order."""
+    check_output_file(out, "predict --out")
     model, cfg, data, dev = load_for_inference(checkpoint_dir, data_root, split, device)
     probs = predict_probs(model, iter_batches(data, 64), dev)
     text = submission_csv(

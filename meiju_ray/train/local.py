@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from meiju_ray.config import ExperimentConfig, check_required, to_yaml
-from meiju_ray.data.batching import iter_batches
-from meiju_ray.data.layout import UNLABELED
+from meiju_ray.data.batching import epoch_rows, iter_batches
+from meiju_ray.data.layout import UNLABELED, check_splits
 from meiju_ray.data.packing import PackedSplit, load_split
-from meiju_ray.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
+from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.model.losses import balanced_class_weights
 from meiju_ray.model.network import build_model, count_parameters
 from meiju_ray.train import checkpoint
@@ -52,6 +52,7 @@ def load_train_val(
 ) -> tuple[PackedSplit, PackedSplit]:
     """Pack (cached) and load the training and validation splits; append pseudo-labelled rows."""
     progress = lambda msg: log.info(msg)  # noqa: E731
+    check_splits(cfg.data)  # labels on every labelled line, no id in two splits
     train = load_split(cfg.data, cfg.data.train_split, progress)
     val = load_split(cfg.data, cfg.data.val_split, progress)
     if extra_train is not None and len(extra_train):
@@ -127,7 +128,12 @@ def _fit(cfg, model, device, train, val, on_epoch, pool) -> FitResult:
         cfg.loss,
         device,
         train_batches=lambda epoch: iter_batches(
-            train, t.batch_size, True, cfg.seed + epoch, t.bucket_by_length
+            train,
+            t.batch_size,
+            True,
+            cfg.seed + epoch,
+            t.bucket_by_length,
+            rows=epoch_rows(train, cfg.pseudo.epoch_pool_ratio, cfg.seed + epoch),
         ),
         val_batches=lambda: iter_batches(val, 2 * t.batch_size, False, 0, t.bucket_by_length),
         class_weights=class_weights_for(cfg, train),
@@ -189,15 +195,15 @@ def write_outputs(
     )
     write_json_atomic(out / "history.json", result.history)
     write_json_atomic(out / "metrics.json", metrics)
+    write_text_atomic(out / "config.yaml", to_yaml(cfg))
     return metrics
 
 
 def prepare_output(cfg: ExperimentConfig) -> Path:
-    """Check the required keys, create output_dir, write the resolved config.yaml."""
+    """Check the required keys and create output_dir. Its config.yaml is written with the results
+    (write_outputs), so a failed re-run leaves the earlier run's files matching each other."""
     check_required(cfg)
-    out = ensure_writable_dir(cfg.output_dir)
-    write_text_atomic(out / "config.yaml", to_yaml(cfg))
-    return out
+    return ensure_writable_dir(cfg.output_dir)
 
 
 def run_local(
@@ -208,7 +214,12 @@ def run_local(
 ) -> dict:
     """Train in this process on data.train_split (+ extra rows), select on data.val_split; write
     outputs; return metrics. `init_from`: a checkpoint whose weights the model starts from."""
-    out = prepare_output(cfg)
+    with locked_dir(prepare_output(cfg)):
+        return _run_local(cfg, extra_train, on_epoch, init_from)
+
+
+def _run_local(cfg, extra_train, on_epoch, init_from) -> dict:
+    out = Path(cfg.output_dir)
     train, val = load_train_val(cfg, extra_train)
     log.info(
         "training on %d rows (%d extra), validating on %d",

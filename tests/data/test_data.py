@@ -86,11 +86,20 @@ def test_custom_label_sets(tmp_path):
             r"a\.txt:2: duplicate id 'x1' \(first on line 1\)",
         ),
         ("\n\n", r"no utterances listed"),
+        ("x1.mp4 happy neutral\n../../etc/x.mp4 sad neutral\n", r"a\.txt:2: id '\.\./\.\./etc/x'"),
+        ("/abs/x.mp4 happy neutral\n", r"a\.txt:1: id '/abs/x' is not a plain file name"),
+        ("..\n", r"a\.txt:1: id '\.\.' is not a plain file name"),
     ],
 )
 def test_bad_list_files_name_the_line(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         read_split_list(write_list(tmp_path / "a.txt", text), list(EMOTIONS), list(INTENTS))
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_id(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes("\ufeffx1.mp4 happy neutral\n".encode())
+    assert read_split_list(path, list(EMOTIONS), list(INTENTS)).ids == ["x1"]
 
 
 def test_missing_list_file(tmp_path):
@@ -108,6 +117,8 @@ def test_missing_list_file(tmp_path):
         (np.full((3, 4), np.nan, np.float32), "NaN or Inf"),
         (np.zeros((0, 4), np.float32), "T=0"),
         (np.zeros((2, 3, 4), np.float32), "expected a 2-D"),
+        (np.zeros((3, 4), np.complex64), "complex64 is not a real number type"),
+        (np.array([["a"] * 4] * 2), "is not a real number type"),
     ],
 )
 def test_bad_feature_files(tmp_path, array, message):
@@ -271,3 +282,87 @@ def test_bucketing_reduces_padding(small_world, tmp_path):
         return sum(int(b["A_mask"].numel()) for b in iter_batches(split, 16, True, 0, bucket))
 
     assert padded_frames(True) < 0.8 * padded_frames(False)
+
+
+def test_epoch_rows_keep_every_gold_row_and_draw_pool_rows_afresh():
+    from meiju_ray.data.batching import epoch_rows
+    from meiju_ray.data.packing import PackedSplit
+
+    n_gold, n_pool = 10, 50
+    split = PackedSplit(
+        ids=[str(i) for i in range(n_gold + n_pool)],
+        emotion=np.zeros(n_gold + n_pool, np.int64),
+        intent=np.zeros(n_gold + n_pool, np.int64),
+        weight=np.ones(n_gold + n_pool, np.float32),
+        values={"A": np.zeros((n_gold + n_pool, 2), np.float32)},
+        offsets={"A": np.arange(n_gold + n_pool + 1, dtype=np.int64)},
+        pseudo=np.arange(n_gold + n_pool) >= n_gold,
+    )
+    a, b = epoch_rows(split, 2.0, seed=0), epoch_rows(split, 2.0, seed=1)
+    for rows in (a, b):
+        assert set(range(n_gold)) <= set(rows.tolist()) and len(rows) == n_gold + 20
+        assert len(set(rows.tolist())) == len(rows)
+    assert set(a.tolist()) != set(b.tolist())  # another draw of pool rows each epoch
+    assert epoch_rows(split, 0.0, seed=0) is None  # every row
+    assert epoch_rows(split, 5.0, seed=0) is None  # the pool is not larger than asked
+
+
+# ---- leaks and lost labels are errors, found before any training ---------------------------------
+
+
+def _copy(tiny_world: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "w"
+    shutil.copytree(tiny_world, root, ignore=shutil.ignore_patterns(".meiju_packed"))
+    return root
+
+
+def _append(path: Path, line: str) -> int:
+    text = path.read_text()
+    path.write_text(text + line + "\n")
+    return len(text.splitlines()) + 1
+
+
+def test_an_id_in_two_splits_is_a_leak_named_by_file_and_line(tiny_world, tmp_path):
+    from meiju_ray.data.layout import check_splits
+
+    root = _copy(tiny_world, tmp_path)
+    ann = root / "Annotation"
+    first_train = (ann / "Training_files.txt").read_text().split()[0]
+    line = _append(ann / "Validation_files.txt", f"{first_train} happy questioning")
+    with pytest.raises(DataError, match=rf"Validation_files.txt:{line}: id .* is also in Training"):
+        check_splits(data_cfg(root))
+    # a pool id that is also a Training id
+    root = _copy(tiny_world, tmp_path / "b")
+    pool_list = root / "NoAnnotation" / "NoAnnotation_files.txt"
+    if not pool_list.is_file():  # the pool is listed by its feature folder: list it explicitly
+        ids = sorted(p.stem for p in (root / "NoAnnotation" / "features" / "wav2vec").glob("*.npy"))
+        pool_list.write_text("".join(f"{i}.mp4\n" for i in ids))
+    line = _append(pool_list, first_train)
+    check_splits(data_cfg(root))  # the pool is only read when asked for
+    with pytest.raises(DataError, match=rf"NoAnnotation_files.txt:{line}: id .* also in Training"):
+        check_splits(data_cfg(root), pool=True)
+
+
+def test_a_labelled_line_without_labels_is_an_error(tiny_world, tmp_path):
+    from meiju_ray.data.layout import check_splits
+
+    root = _copy(tiny_world, tmp_path)
+    lines = (root / "Annotation" / "Training_files.txt").read_text().splitlines()
+    lines[2] = lines[2].split()[0]  # only the id: its labels would be dropped silently
+    (root / "Annotation" / "Training_files.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"Training_files.txt:3: id .* has no labels"):
+        check_splits(data_cfg(root))
+
+
+def test_a_cache_missing_a_shard_is_packed_again(tiny_world, tmp_path):
+    cfg = dataclasses_replace_rows(data_cfg(tiny_world, tmp_path / "cache"), rows_per_shard=4)
+    packed = pack_split(cfg, "Training")
+    n = len(load_split(cfg, "Training"))
+    sorted(packed.glob("part-*.parquet"))[1].unlink()  # e.g. a copy that lost a file
+    assert len(load_split(cfg, "Training")) == n  # detected from the manifest and re-packed
+
+
+def dataclasses_replace_rows(cfg: DataConfig, rows_per_shard: int) -> DataConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, rows_per_shard=rows_per_shard)
