@@ -26,13 +26,23 @@ from meiju_ray.fileio import replace_dir
 TITLE = "Semi-supervised learning: gain over supervised on the test split, paired seeds"
 RESULTS_FILE = REPO / "RESULTS.md"
 
+# every recipe spells out its noise: the config's defaults are themselves a recipe (soft_kd+pnoise)
+NO_NOISE = [
+    "augment.frame_mask=0",
+    "augment.feature_dropout=0",
+    "augment.modality_dropout=0",
+    "augment.gaussian_mix=0",
+]
 WINNER = [
     "pseudo.rule=per_task",
     "pseudo.threshold=0.99",
     "pseudo.targets=hard",
+    "pseudo.weighting=constant",
     "pseudo.student_init=scratch",
+    *NO_NOISE,
 ]
 NOISE = [
+    "augment.apply_to=all",
     "augment.frame_mask=0.2",
     "augment.feature_dropout=0.1",
     "augment.modality_dropout=0.15",
@@ -44,6 +54,7 @@ SOFT = [
     "pseudo.targets=soft",
     "pseudo.weighting=confidence",
     "pseudo.soft_temperature=0.5",
+    *NO_NOISE,
 ]
 CLASS_AWARE = [
     "pseudo.rule=adaptive",
@@ -51,6 +62,8 @@ CLASS_AWARE = [
     "pseudo.min_confidence=0.5",
     "pseudo.align=true",
     "pseudo.targets=hard",
+    "pseudo.weighting=constant",
+    *NO_NOISE,
 ]
 ONLINE = ["pseudo.enabled=false", "consistency.weight=1.0"]  # one stage: no teacher pass
 # recipe name -> (what it is, config overrides of the student stage)

@@ -137,6 +137,16 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         f"joint {s['joint']:.4f}"
         f"  ({m['gain_joint']:+.4f})"
     )
+    if "gain_joint_test" in m:  # the data keeps the test labels back: the number that counts
+        tt, st = m["teacher_test"], m["student_test"]
+        print(
+            f"\non the {cfg.data.test_split} split (withheld labels; validation picked the epochs):"
+        )
+        print(f"teacher:  emo {tt['emo']:.4f}  int {tt['int']:.4f}  joint {tt['joint']:.4f}")
+        print(
+            f"student:  emo {st['emo']:.4f}  int {st['int']:.4f}  joint {st['joint']:.4f}"
+            f"  ({m['gain_joint_test']:+.4f})\n"
+        )
     print(f"results:    {Path(cfg.output_dir).resolve()}/metrics.json")
     print(f"submission: {m['submission']}")
     if m["mlflow"]["tracking_uri"]:

@@ -25,7 +25,7 @@ from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
 from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
-from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri
+from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri, summary_metrics
 from meiju_ray.train import checkpoint
 from meiju_ray.train.inference import evaluate_checkpoint, hidden_test_scores, predict_checkpoint
 from meiju_ray.train.reference import logistic_reference
@@ -108,7 +108,7 @@ def _pseudo_stage(cfg: ExperimentConfig, tracker: Tracker, teacher_ckpt: Path, n
     out = Path(cfg.output_dir) / name
     with tracker.run(name, nested=True, tags={"stage": "pseudo_label"}):
         info = run_pseudo_label(cfg, teacher_ckpt, out)
-        tracker.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+        tracker.log_metrics(summary_metrics(info))
         tracker.log_artifact(out / SUMMARY_FILE)
     return info
 

@@ -350,3 +350,19 @@ def test_teacher_ensemble_trains_in_parallel_and_averages_probabilities(
     together = predict_probs(checkpoint.load(ensemble)[0], iter_batches(val, 64), cpu)
     np.testing.assert_allclose(together["emotion"], mean, rtol=1e-5, atol=1e-6)
     assert not np.allclose(probs[0]["emotion"], probs[1]["emotion"])  # two different seeds
+
+
+def test_pipeline_checks_the_pool_and_test_split_before_the_teacher(tiny_world, tmp_path):
+    root = tmp_path / "w"
+    shutil.copytree(tiny_world, root, ignore=shutil.ignore_patterns(".meiju_packed"))
+    shutil.rmtree(root / "NoAnnotation")
+    cfg = small_config(root, tmp_path / "run", "tracking.enabled=false")
+    with pytest.raises(DataError, match="unlabelled pool not found"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "teacher").exists()  # found before any training
+    shutil.copytree(tiny_world / "NoAnnotation", root / "NoAnnotation")
+    victim = next((root / "Annotation" / "features" / "wav2vec").glob("*Testing*.npy"))
+    victim.unlink()
+    with pytest.raises(DataError, match=f"missing feature file.*{victim.stem}"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "teacher").exists()

@@ -147,7 +147,7 @@ def check_splits(cfg: DataConfig, test: bool = False, pool: bool = False) -> Non
     `test`, `pool`: also read those lists (the pipeline needs them; found late otherwise)."""
     lists = [split_list(cfg, cfg.train_split), split_list(cfg, cfg.val_split)]
     for sl in lists:
-        bad = np.flatnonzero((sl.emotion < 0) | (sl.intent < 0))
+        bad = np.flatnonzero((sl.emotion < 0) & (sl.intent < 0))  # '-' masks one task only
         if len(bad):
             where = f"{sl.path}:{sl.lines[bad[0]]}" if sl.lines else str(sl.path)
             raise DataError(

@@ -35,6 +35,7 @@ from meiju_ray.data.packing import (
 )
 from meiju_ray.fileio import locked_dir
 from meiju_ray.model.network import build_model
+from meiju_ray.train import augment
 from meiju_ray.train import consistency as cons
 from meiju_ray.train.engine import (
     FitResult,
@@ -156,7 +157,7 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch=start_epoch,
         optimizer=optimizer,
         state=current,
-        augment=cfg.augment,
+        augment=augment.for_run(cfg.augment, bool(train.is_pseudo().any())),
         pool_batches=None
         if pool is None
         else lambda seed: iter_batches(

@@ -57,7 +57,7 @@ from meiju_ray.sweep.report import (
 )
 from meiju_ray.sweep.space import check_space, expand_params, trial_config
 from meiju_ray.tracking.sweep import TrialRuns, end_interrupted_runs, register_model, sweep_run
-from meiju_ray.tracking.tracker import Tracker, check_reachable
+from meiju_ray.tracking.tracker import Tracker, check_reachable, summary_metrics
 from meiju_ray.train import checkpoint
 from meiju_ray.train.engine import unwrap
 from meiju_ray.train.local import fit_local, load_pool, load_train_val
@@ -216,7 +216,7 @@ def _teacher_and_pool(cfg: ExperimentConfig, tracker, out: Path, train: PackedSp
         log.info("[2] pseudo-labelling the unlabelled pool once with %s", teacher)
         with tracker.run("pseudo_label", nested=True, tags={"stage": "pseudo_label"}):
             info = run_pseudo_label(cfg, teacher, pseudo)
-            tracker.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+            tracker.log_metrics(summary_metrics(info))
             tracker.log_artifact(pseudo / SUMMARY_FILE)
     table = pq.read_table(pseudo / PSEUDO_FILE, columns=["id", "emotion_probs", "intent_probs"])
     split = load_split(cfg.data, UNLABELED)

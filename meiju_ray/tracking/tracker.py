@@ -336,3 +336,19 @@ def download_model(model_uri: str, dst: str | os.PathLike, tracking_uri: str | N
         dst_path=str(dst),
         tracking_uri=tracking_uri or mlflow.get_tracking_uri(),
     )
+
+
+def summary_metrics(info: dict) -> dict[str, float]:
+    """A pseudo-label summary as MLflow metrics: its numbers, and per class the counts and the
+    precision against withheld labels (emotion_counts.happy, emotion_precision.happy, ...)."""
+    out: dict[str, float] = {}
+    for key, value in info.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[key] = value
+        elif isinstance(value, dict):
+            for label, v in value.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{key}.{label}"] = v
+    return out

@@ -15,11 +15,21 @@ returned unchanged (the same object), so supervised training is bit-identical wi
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from meiju_ray.config import AugmentConfig
 
 Batch = dict[str, torch.Tensor]
+
+
+def for_run(cfg: AugmentConfig, train_has_pool_rows: bool) -> AugmentConfig | None:
+    """The noise a training run uses: apply_to=students noises every row of a run that trains on
+    pool rows (a student) and nothing in a supervised run (a teacher, `train`)."""
+    if cfg.apply_to != "students":
+        return cfg
+    return dataclasses.replace(cfg, apply_to="all") if train_has_pool_rows else None
 
 
 def is_active(cfg: AugmentConfig) -> bool:

@@ -21,7 +21,7 @@ from meiju_ray.data.packing import PackedSplit, load_split
 from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.model.losses import balanced_class_weights
 from meiju_ray.model.network import build_model, count_parameters
-from meiju_ray.train import checkpoint
+from meiju_ray.train import augment, checkpoint
 from meiju_ray.train import consistency as cons
 from meiju_ray.train.engine import (
     FitResult,
@@ -138,7 +138,7 @@ def _fit(cfg, model, device, train, val, on_epoch, pool) -> FitResult:
         val_batches=lambda: iter_batches(val, 2 * t.batch_size, False, 0, t.bucket_by_length),
         class_weights=class_weights_for(cfg, train),
         on_epoch=on_epoch,
-        augment=cfg.augment,
+        augment=augment.for_run(cfg.augment, bool(train.is_pseudo().any())),
         pool_batches=None
         if pool is None
         else lambda seed: iter_batches(pool, pool_batch_size(cfg), True, seed, t.bucket_by_length),

@@ -105,12 +105,16 @@ def _split(lengths: list[int], dim: int = 3, seed: int = 0) -> PackedSplit:
     )
 
 
-STRONG = AugmentConfig(modality_dropout=0.5, frame_mask=0.3, feature_dropout=0.2, gaussian_mix=0.3)
+STRONG = AugmentConfig(
+    modality_dropout=0.5, frame_mask=0.3, feature_dropout=0.2, gaussian_mix=0.3, apply_to="all"
+)
+OFF = AugmentConfig(modality_dropout=0, frame_mask=0, feature_dropout=0, gaussian_mix=0)
 
 
-def test_noise_never_touches_padded_frames_and_is_off_by_default():
-    batch = collate(_split([5, 1, 3]), np.arange(3))
-    assert augment_batch(batch, AugmentConfig()) is batch and not is_active(AugmentConfig())
+def test_noise_never_touches_padded_frames_nor_gold_rows_by_default():
+    batch = collate(_split([5, 1, 3]), np.arange(3))  # gold rows only
+    assert augment_batch(batch, AugmentConfig()) is batch  # default: pool rows only
+    assert augment_batch(batch, OFF) is batch and not is_active(OFF)
     torch.manual_seed(0)
     noisy = augment_batch(batch, STRONG)
     for m in ("A", "L"):
@@ -123,7 +127,12 @@ def test_noise_never_touches_padded_frames_and_is_off_by_default():
 def test_modality_dropout_keeps_one_modality_and_frame_mask_keeps_a_frame():
     batch = collate(_split([4] * 64), np.arange(64))
     torch.manual_seed(1)
-    noisy = augment_batch(batch, AugmentConfig(modality_dropout=0.9, frame_mask=0.9))
+    noisy = augment_batch(
+        batch,
+        AugmentConfig(
+            modality_dropout=0.9, frame_mask=0.9, feature_dropout=0, gaussian_mix=0, apply_to="all"
+        ),
+    )
     alive = torch.stack([noisy[m].abs().sum((1, 2)) > 0 for m in ("A", "L")], 1)  # (B, 2)
     assert alive.any(1).all()  # never every modality gone
     assert (~alive).any()  # but modalities were dropped
@@ -226,3 +235,12 @@ def test_selection_summary_reports_precision_per_class():
     info = summary(sel, "ab", "ab", np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]))
     assert info["emotion_precision"] == {"a": 0.5, "b": 1.0}
     assert info["emotion_counts"] == {"a": 2, "b": 2}
+
+
+def test_students_noise_every_row_of_a_student_run_and_nothing_in_a_supervised_one():
+    from meiju_ray.train.augment import for_run
+
+    cfg = AugmentConfig(apply_to="students")
+    assert for_run(cfg, train_has_pool_rows=False) is None
+    assert for_run(cfg, train_has_pool_rows=True).apply_to == "all"
+    assert for_run(STRONG, False) is STRONG  # other modes decide per row
