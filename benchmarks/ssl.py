@@ -106,6 +106,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         + NOISE
         + ["augment.apply_to=pseudo", "pseudo.epoch_pool_ratio=1", "pseudo.teachers=3"],
     ),
+    "soft_kd+noise_r1": (
+        "soft distillation, every student row noised, a fresh pool draw of 1 row per gold row",
+        SOFT + NOISE + ["pseudo.epoch_pool_ratio=1"],
+    ),
+    "ens3+soft_kd+noise_r1": (
+        "3-seed teacher ensemble + soft_kd+noise_r1",
+        SOFT + NOISE + ["pseudo.epoch_pool_ratio=1", "pseudo.teachers=3"],
+    ),
     "ens3+soft_kd+pnoise": (
         "3-seed teacher ensemble, soft distillation, noise on the pool rows only",
         SOFT + NOISE + ["augment.apply_to=pseudo", "pseudo.teachers=3"],
@@ -143,11 +151,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         SOFT + NOISE + ["pseudo.align=true"],
     ),
 }
-SMALL_DIMS = (
-    ("A", "wav2vec", 24, 4, 40, 14),
-    ("V", "ResNet-50", 12, 1, 20, 6),
-    ("L", "RoBERTa", 32, 3, 16, 7),
-)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -165,11 +168,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def _world(args) -> Path:
-    from meiju_ray.data.synth import ModalitySpec, write_world
+    from meiju_ray.data.synth import SMALL_MODALITIES, write_world
 
     out = BENCH_ROOT / "worlds" / f"ssl_{args.dims}_s{args.scale:g}_u{args.unlabeled}"
     if not (out / "world.json").is_file():
-        specs = [ModalitySpec(*s) for s in SMALL_DIMS] if args.dims == "small" else None
+        specs = SMALL_MODALITIES if args.dims == "small" else None
         write_world(
             out,
             seed=0,
@@ -182,12 +185,16 @@ def _world(args) -> Path:
 
 def _config(root: Path, out: Path, args, *overrides: str):
     from meiju_ray.config import load_config
+    from meiju_ray.data.synth import SMALL_MODALITIES
 
     mods = []
     if args.dims == "small":
         mods = [
             "data.modalities=["
-            + ",".join("{name: %s, folder: %s, dim: %d}" % (s[0], s[1], s[2]) for s in SMALL_DIMS)
+            + ",".join(
+                "{name: %s, folder: %s, dim: %d}" % (m.name, m.folder, m.dim)
+                for m in SMALL_MODALITIES
+            )
             + "]"
         ]
     return load_config(

@@ -31,13 +31,14 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from meiju_ray.data.synth import write_world
+    from meiju_ray.data.synth import DEFAULT_MODALITIES, SMALL_MODALITIES, write_world
 
     summary = write_world(
         args.out,
         seed=args.seed,
         scale=args.scale,
         unlabeled=args.unlabeled,
+        modalities=SMALL_MODALITIES if args.dims == "small" else DEFAULT_MODALITIES,
         progress=lambda msg: log.info(msg),
     )
     print(json.dumps(summary, indent=2, default=str))
@@ -417,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--unlabeled", type=int, default=None, help="unlabelled pool size (default 8000 x scale)"
+    )
+    p.add_argument(
+        "--dims",
+        choices=("track1", "small"),
+        default="track1",
+        help="feature dims: track1 = A512/V342/L768; small = A24/V12/L32 (same task, seconds)",
     )
     p.set_defaults(func=cmd_synth)
 

@@ -214,7 +214,7 @@ class PseudoLabelConfig:
 
     The defaults are the best combination measured (RESULTS.md, section ssl): soft distillation of
     the calibrated teacher over the whole pool (targets=soft, threshold=0, confidence-weighted,
-    T=0.5) into a student that sees noised pool rows (`augment`). The Track 1 winner's recipe,
+    T=0.5) into a noised student (`augment`). The Track 1 winner's recipe,
     hard labels at a calibrated 0.99 into a fresh student, is experiments/winner_recipe.yaml.
     """
 
@@ -257,15 +257,15 @@ class PseudoLabelConfig:
 
 @_section
 class AugmentConfig:
-    """Feature-level noise for a noisy student; each value is a rate. By default only the
-    pseudo-labelled pool rows are noised, so a supervised `train` (and the pipeline's teacher) is
-    untouched; all rates 0 = no noise anywhere."""
+    """Feature-level noise for a noisy student; each value is a rate. By default (students) every
+    row of a run that trains on pool rows is noised and a supervised run (`train`, the pipeline's
+    teacher) is untouched; all rates 0 = no noise anywhere."""
 
     modality_dropout: Fraction = 0.15  # drop a whole modality of a row
     frame_mask: Fraction = 0.2  # mask frames of a [T, D] sequence
     feature_dropout: Fraction = 0.1  # drop single feature values
     gaussian_mix: Fraction = 0.1  # mix Gaussian noise into the features
-    apply_to: Literal["pseudo", "all", "students"] = "pseudo"  # which training rows get noise;
+    apply_to: Literal["pseudo", "all", "students"] = "students"  # which training rows get noise;
     #   students: every row of a run that trains on pool rows, none in a supervised run
 
 

@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 # Ray's environment defaults (token authentication on) are set by meiju_ray.distributed.cluster
-WORLD=worlds/demo
+WORLD=worlds/demo_small
 if [ ! -f "$WORLD/world.json" ]; then
-  meiju-ray synth "$WORLD" --seed 0 --scale 0.25 --unlabeled 1500
+  meiju-ray synth "$WORLD" --seed 0 --scale 0.4 --unlabeled 3000 --dims small
 fi
 meiju-ray pipeline experiments/demo.yaml "$@"

@@ -26,14 +26,11 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from meiju_ray.config import ExperimentConfig, ModalityConfig, load_config  # noqa: E402
-from meiju_ray.data.synth import ModalitySpec, write_world  # noqa: E402
+from meiju_ray.data.synth import SMALL_MODALITIES as SMALL_MODALITIES_SPECS  # noqa: E402
+from meiju_ray.data.synth import write_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_SPECS = (
-    ModalitySpec("A", "wav2vec", 24, 4, 40, 14),
-    ModalitySpec("V", "ResNet-50", 12, 1, 20, 6),
-    ModalitySpec("L", "RoBERTa", 32, 3, 16, 7),
-)
+SMALL_SPECS = SMALL_MODALITIES_SPECS
 SMALL_MODALITIES = [{"name": s.name, "folder": s.folder, "dim": s.dim} for s in SMALL_SPECS]
 
 

@@ -526,15 +526,15 @@ def test_new_sections_load_from_yaml_with_overrides(tmp_path):
 
 
 def test_defaults_are_the_measured_recipe_and_the_winner_preset_is_its_own_file():
-    """Defaults: soft distillation over the whole pool into a student noised on pool rows only
-    (RESULTS.md, ssl); experiments/winner_recipe.yaml is the paper's hard-0.99 recipe."""
+    """Defaults: soft distillation over the whole pool into a noised student (RESULTS.md, ssl);
+    experiments/winner_recipe.yaml is the paper's hard-0.99 recipe."""
     cfg = ExperimentConfig()
     assert (cfg.pseudo.targets, cfg.pseudo.threshold, cfg.pseudo.weighting) == (
         "soft",
         0.0,
         "confidence",
     )
-    assert cfg.augment.apply_to == "pseudo" and cfg.augment.frame_mask > 0
+    assert cfg.augment.apply_to == "students" and cfg.augment.frame_mask > 0
     assert cfg.consistency.weight == 0.0 and cfg.pseudo.teachers == 1
     winner = load_config(REPO / "experiments" / "winner_recipe.yaml", REQ)
     assert (winner.pseudo.targets, winner.pseudo.threshold, winner.pseudo.student_init) == (
@@ -577,7 +577,11 @@ def test_choices_come_from_the_field_types():
         "adaptive",
         "quantile",
     )
-    assert choices("train.track") == (1, 2) and choices("augment.apply_to") == ("pseudo", "all")
+    assert choices("train.track") == (1, 2) and choices("augment.apply_to") == (
+        "pseudo",
+        "all",
+        "students",
+    )
     for key in ("model.hidden", "model.nope", "nope", "model.hidden.x"):
         with pytest.raises(ConfigError, match=re.escape(key)):
             choices(key)

@@ -95,7 +95,8 @@ class ReadResult:
 def default_source(corpus: str) -> Path:
     """<repo>/../shared/data/<corpus>: a convenience for a checkout next to shared/; pass --source
     otherwise."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / corpus
+    repo = Path(__file__).resolve().parents[2]  # meiju_ray/features/importers.py -> the checkout
+    return repo.parent / "shared" / "data" / corpus
 
 
 def _corpus_dir(source: str | Path | None, corpus: str, marker: str) -> Path:

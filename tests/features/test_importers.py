@@ -211,3 +211,9 @@ def test_source_dir_errors_are_clear(tmp_path):
     assert np.array_equal(
         np.array(im.ACT_LABELS), np.array(["inform", "question", "directive", "commissive"])
     )
+
+
+def test_default_source_is_the_shared_folder_beside_the_checkout():
+    from tests.conftest import REPO
+
+    assert im.default_source("meld") == REPO.parent / "shared" / "data" / "meld"

@@ -111,9 +111,11 @@ STRONG = AugmentConfig(
 OFF = AugmentConfig(modality_dropout=0, frame_mask=0, feature_dropout=0, gaussian_mix=0)
 
 
-def test_noise_never_touches_padded_frames_nor_gold_rows_by_default():
+def test_noise_never_touches_padded_frames_nor_a_supervised_run_by_default():
+    from meiju_ray.train.augment import for_run
+
     batch = collate(_split([5, 1, 3]), np.arange(3))  # gold rows only
-    assert augment_batch(batch, AugmentConfig()) is batch  # default: pool rows only
+    assert for_run(AugmentConfig(), train_has_pool_rows=False) is None  # a supervised run
     assert augment_batch(batch, OFF) is batch and not is_active(OFF)
     torch.manual_seed(0)
     noisy = augment_batch(batch, STRONG)
