@@ -241,10 +241,10 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def env_setup() -> None:
     """Quiet, offline, reproducible defaults for every benchmark process."""
-    from meiju_ray.distributed.cluster import RAY_ENV_DEFAULTS
+    from meiju_ray.distributed.cluster import apply_env_defaults
 
-    for key, value in {**RAY_ENV_DEFAULTS, "HF_HUB_OFFLINE": "1"}.items():
-        os.environ.setdefault(key, value)
+    apply_env_defaults()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.stdout.reconfigure(line_buffering=True)
 
 

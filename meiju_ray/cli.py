@@ -14,6 +14,7 @@ from pathlib import Path
 
 from meiju_ray.config import ConfigError, load_config
 from meiju_ray.data.layout import UNLABELED, DataError
+from meiju_ray.distributed.cluster import apply_env_defaults
 from meiju_ray.fileio import DirectoryInUse
 from meiju_ray.tracking.tracker import TrackingError
 
@@ -143,6 +144,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         print(
             f"\non the {cfg.data.test_split} split (withheld labels; validation picked the epochs):"
         )
+        members = [x["test"] for x in m["teacher"].get("members", []) if "test" in x]
+        if members:  # the teacher is an ensemble: what one of its seeds scores alone
+            one = {k: sum(s[k] for s in members) / len(members) for k in ("emo", "int", "joint")}
+            print(
+                f"one teacher seed (mean of {len(members)}): emo {one['emo']:.4f}  "
+                f"int {one['int']:.4f}  joint {one['joint']:.4f}"
+            )
         print(f"teacher:  emo {tt['emo']:.4f}  int {tt['int']:.4f}  joint {tt['joint']:.4f}")
         print(
             f"student:  emo {st['emo']:.4f}  int {st['int']:.4f}  joint {st['joint']:.4f}"
@@ -537,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_env_defaults()  # Ray's environment (token auth) before any command imports Ray
     parser = build_parser()
     # key=value overrides may come after options too (`--out X train.lr=1e-3`), which plain
     # argparse cannot take after a nargs="*" positional; collect them from the leftovers.

@@ -213,8 +213,9 @@ class PseudoLabelConfig:
     """Teacher -> pseudo-labels on the unlabelled pool -> student (docs: paper.md §5-6).
 
     The defaults are the best combination measured (RESULTS.md, section ssl): soft distillation of
-    the calibrated teacher over the whole pool (targets=soft, threshold=0, confidence-weighted,
-    T=0.5) into a noised student (`augment`). The Track 1 winner's recipe,
+    a 3-seed teacher ensemble (teachers=3, trained in parallel on Ray), calibrated, over the whole
+    pool (targets=soft, threshold=0, confidence-weighted, T=0.5) into a noised student
+    (`augment`). The Track 1 winner's recipe,
     hard labels at a calibrated 0.99 into a fresh student, is experiments/winner_recipe.yaml.
     """
 
@@ -241,7 +242,7 @@ class PseudoLabelConfig:
     rounds: PositiveInt = 1  # teacher -> student -> student becomes the next teacher
     epoch_pool_ratio: NonNegativeFloat = 0.0  # each student epoch sees all gold rows and a
     #   fresh draw of this many pool rows per gold row; 0 = every pool row every epoch
-    teachers: PositiveInt = 1  # pipeline: an ensemble of this many teacher seeds, trained in
+    teachers: PositiveInt = 3  # pipeline: an ensemble of this many teacher seeds, trained in
     #   parallel on Ray; its mean probabilities label the pool
     max_rows: Int = 0  # use at most this many unlabelled rows (0 = all)
     actors: NonNegativeInt = 1  # Ray Data inference actors; 0 = as many as the cluster holds

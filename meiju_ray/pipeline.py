@@ -96,6 +96,9 @@ def _ensemble_stage(cfg: ExperimentConfig, tracker: Tracker, n: int) -> dict:
         if test is not None:
             metrics["test"] = {k: test[k] for k in SCORES}
             tracker.log_metrics({f"test_{k}": test[k] for k in SCORES})
+            for k, member in enumerate(checkpoint.ensemble_members(ckpt) or []):
+                scores = hidden_test_scores(member)
+                metrics["members"][k]["test"] = {s: scores[s] for s in SCORES}
         for k, m in enumerate(members):
             tracker.log_metrics({f"member{k}_val_joint": m["joint"]})
         tracker.log_metrics({f"best_val_{k}": metrics[k] for k in SCORES})
@@ -237,7 +240,8 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
         )
         lap("predict", t)
         metrics = {
-            "teacher": {k: teacher[k] for k in SCORES},
+            "teacher": {k: teacher[k] for k in SCORES}
+            | {k: teacher[k] for k in ("ensemble_of", "members") if k in teacher},
             "student": {k: student[k] for k in SCORES},
             "gain_joint": student["joint"] - teacher["joint"],
             # on the test split with its withheld labels, where the data has them (validation

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from meiju_ray.distributed.cluster import RAY_ENV_DEFAULTS, protect_token_file  # no Ray import
+from meiju_ray.distributed.cluster import apply_env_defaults, protect_token_file  # no Ray
 
-for _key, _value in RAY_ENV_DEFAULTS.items():  # token auth on, as for every user run
-    os.environ.setdefault(_key, _value)
+apply_env_defaults()  # token auth on, as for every user run (before Ray is imported)
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

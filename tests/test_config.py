@@ -535,7 +535,7 @@ def test_defaults_are_the_measured_recipe_and_the_winner_preset_is_its_own_file(
         "confidence",
     )
     assert cfg.augment.apply_to == "students" and cfg.augment.frame_mask > 0
-    assert cfg.consistency.weight == 0.0 and cfg.pseudo.teachers == 1
+    assert cfg.consistency.weight == 0.0 and cfg.pseudo.teachers == 3
     winner = load_config(REPO / "experiments" / "winner_recipe.yaml", REQ)
     assert (winner.pseudo.targets, winner.pseudo.threshold, winner.pseudo.student_init) == (
         "hard",

@@ -42,6 +42,9 @@ def _cfg(root, out, seed: int):
             "train.epochs=30",
             "train.num_threads=1",
             "pseudo.in_process_below=1000000",
+            # one teacher: this tests the distillation into a noised student (no Ray needed);
+            # the default 3-seed ensemble is tested in tests/test_pipeline.py
+            "pseudo.teachers=1",
         ],
     )
 
@@ -52,5 +55,5 @@ def test_default_ssl_beats_the_supervised_teacher_on_the_test_split(ssl_world, t
         m = run_pipeline(_cfg(ssl_world, tmp_path / f"s{seed}", seed))
         assert m["n_pseudo"] == 3000  # soft targets for every pool row
         gains.append(m["gain_joint_test"])
-    # measured over 5 seeds: +0.04 (95 % CI about +-0.02); each seed here gains on its own
+    # measured over 5 seeds (benchmarks/ssl.py, soft_kd+noise): +0.041, 95 % CI +0.020..+0.063
     assert min(gains) > 0 and np.mean(gains) > 0.015, gains

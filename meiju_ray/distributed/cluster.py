@@ -27,6 +27,14 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+def apply_env_defaults() -> None:
+    """Set RAY_ENV_DEFAULTS where the user has not. Must run before `import ray`: Ray reads
+    RAY_AUTH_MODE when it is imported, while the GCS it starts reads it from the environment, so a
+    late setting leaves a token-checking GCS and a driver that sends no token."""
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 # CPUs an actor pool must leave free for Ray Data's own tasks (see check_cpu_budget)
 RESERVED_CPUS = 1.0
 # set by init_ray when it started the private local cluster this process uses
@@ -55,8 +63,7 @@ def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> 
 
     if ray.is_initialized():
         return "existing"
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    apply_env_defaults()  # normally done already on importing meiju_ray.distributed
     target = cluster_address(cfg, address)
     if target:
         ray.init(address=target, log_to_driver=not quiet)
