@@ -19,7 +19,7 @@ from meiju_ray.data.layout import UNLABELED
 from meiju_ray.features import importers as im
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # tests/ -> the checkout
 XDD, MELD = im.default_source("xdailydialog"), im.default_source("meld")
 VOCAB = [
     "[PAD]",
