@@ -177,8 +177,13 @@ def _kill_one_worker_after_first_checkpoint(storage: Path, marker: Path, started
     import psutil
 
     deadline = time.time() + 300
-    # two checkpoint dirs: the first one is then fully persisted and registered
-    while time.time() < deadline and len(list(storage.glob("*/checkpoint_*"))) < 2:
+
+    # three complete checkpoint dirs: the earlier ones are then persisted and registered with the
+    # Train controller (a kill right after the first upload could land before its registration)
+    def complete() -> int:
+        return sum(1 for d in storage.glob("*/checkpoint_*") if (d / "train_state.pt").is_file())
+
+    while time.time() < deadline and complete() < 3:
         time.sleep(0.2)
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         # a worker of this run: earlier tests on the same cluster may leave Train workers behind
