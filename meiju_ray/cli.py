@@ -14,7 +14,6 @@ from pathlib import Path
 
 from meiju_ray.config import ConfigError, load_config
 from meiju_ray.data.layout import UNLABELED, DataError
-from meiju_ray.distributed.cluster import apply_env_defaults
 from meiju_ray.fileio import DirectoryInUse
 from meiju_ray.tracking.tracker import TrackingError
 
@@ -545,7 +544,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    apply_env_defaults()  # Ray's environment (token auth) before any command imports Ray
     parser = build_parser()
     # key=value overrides may come after options too (`--out X train.lr=1e-3`), which plain
     # argparse cannot take after a nargs="*" positional; collect them from the leftovers.

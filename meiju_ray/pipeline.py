@@ -27,6 +27,7 @@ from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic,
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
 from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri, summary_metrics
 from meiju_ray.train import checkpoint
+from meiju_ray.train.consistency import teacher_config
 from meiju_ray.train.inference import evaluate_checkpoint, hidden_test_scores, predict_checkpoint
 from meiju_ray.train.reference import logistic_reference
 
@@ -52,29 +53,35 @@ def _train_stage(
 
         metrics = run_train(stage, extra_train=extra, on_epoch=on_epoch, init_from=init_from)
         ckpt = Path(stage.output_dir) / "checkpoint"
-        val = evaluate_checkpoint(ckpt, split=cfg.data.val_split)
-        test = hidden_test_scores(ckpt)  # None unless the data keeps test labels back
-        if test is not None:
-            metrics["test"] = {k: test[k] for k in SCORES}
-            tracker.log_metrics({f"test_{k}": test[k] for k in SCORES})
-        tracker.log_metrics(
-            {f"best_val_{k}": metrics[k] for k in SCORES} | {"n_pseudo": metrics.get("n_pseudo", 0)}
-        )
-        tracker.log_confusion(
-            val["confusion_emotion"],
-            cfg.data.emotion_labels,
-            f"{name}: emotion (validation)",
-            "confusion_emotion.png",
-        )
-        tracker.log_confusion(
-            val["confusion_intent"],
-            cfg.data.intent_labels,
-            f"{name}: intent (validation)",
-            "confusion_intent.png",
-        )
+        _score_stage(cfg, tracker, name, ckpt, metrics)
         tracker.log_artifact(Path(stage.output_dir) / "metrics.json")
         tracker.log_model(ckpt)
     return metrics
+
+
+def _score_stage(
+    cfg: ExperimentConfig, tracker: Tracker, name: str, ckpt: Path, metrics: dict
+) -> None:
+    """Score a stage's checkpoint into `metrics` and its MLflow run: validation emo/int/joint
+    (kept where training already reported them) and confusion matrices, and the test split where
+    the data keeps its labels back."""
+    val = evaluate_checkpoint(ckpt, split=cfg.data.val_split)
+    for k in SCORES:
+        metrics.setdefault(k, val[k])
+    test = hidden_test_scores(ckpt)  # None unless the data keeps test labels back
+    if test is not None:
+        metrics["test"] = {k: test[k] for k in SCORES}
+        tracker.log_metrics({f"test_{k}": test[k] for k in SCORES})
+    tracker.log_metrics(
+        {f"best_val_{k}": metrics[k] for k in SCORES} | {"n_pseudo": metrics.get("n_pseudo", 0)}
+    )
+    for task, labels in (("emotion", cfg.data.emotion_labels), ("intent", cfg.data.intent_labels)):
+        tracker.log_confusion(
+            val[f"confusion_{task}"],
+            labels,
+            f"{name}: {task} (validation)",
+            f"confusion_{task}.png",
+        )
 
 
 def _ensemble_stage(cfg: ExperimentConfig, tracker: Tracker, n: int) -> dict:
@@ -84,24 +91,19 @@ def _ensemble_stage(cfg: ExperimentConfig, tracker: Tracker, n: int) -> dict:
     with tracker.run("teacher", nested=True, tags={"stage": "teacher", "ensemble": str(n)}):
         tracker.log_config(_stage_cfg(cfg, "teacher"))
         ckpt, members = train_teachers(cfg, out, n)
-        val = evaluate_checkpoint(ckpt, split=cfg.data.val_split)
         metrics = {
-            **{k: val[k] for k in SCORES},
             "ensemble_of": n,
             "members": [{k: m[k] for k in SCORES} for m in members],
             "majority_baseline": members[0]["majority_baseline"],
             "n_pseudo": 0,
         }
-        test = hidden_test_scores(ckpt)
-        if test is not None:
-            metrics["test"] = {k: test[k] for k in SCORES}
-            tracker.log_metrics({f"test_{k}": test[k] for k in SCORES})
+        _score_stage(cfg, tracker, "teacher", ckpt, metrics)
+        if "test" in metrics:  # what each seed scores alone, beside the ensemble
             for k, member in enumerate(checkpoint.ensemble_members(ckpt) or []):
                 scores = hidden_test_scores(member)
                 metrics["members"][k]["test"] = {s: scores[s] for s in SCORES}
         for k, m in enumerate(members):
             tracker.log_metrics({f"member{k}_val_joint": m["joint"]})
-        tracker.log_metrics({f"best_val_{k}": metrics[k] for k in SCORES})
         write_json_atomic(Path(ckpt).parent / "metrics.json", metrics)
         tracker.log_artifact(Path(ckpt).parent / "metrics.json")
     return metrics
@@ -176,11 +178,7 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
             reference["joint"],
         )
         log.info("[1] teacher: labelled data only")
-        teacher_cfg = cfg
-        if not cfg.consistency.in_teacher:  # online consistency is a student-stage method here
-            teacher_cfg = dataclasses.replace(
-                cfg, consistency=dataclasses.replace(cfg.consistency, weight=0.0)
-            )
+        teacher_cfg = teacher_config(cfg)
         n_teachers = cfg.pseudo.teachers if cfg.pseudo.enabled else 1
         if n_teachers > 1:
             teacher = _ensemble_stage(teacher_cfg, tracker, n_teachers)

@@ -31,6 +31,12 @@ from meiju_ray.data.synth import write_world  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SPECS = SMALL_MODALITIES_SPECS
 SMALL_MODALITIES = [{"name": s.name, "folder": s.folder, "dim": s.dim} for s in SMALL_SPECS]
+# the same as a data.modalities=... override value
+SMALL_MODS = (
+    "["
+    + ",".join("{name: %(name)s, folder: %(folder)s, dim: %(dim)d}" % m for m in SMALL_MODALITIES)
+    + "]"
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,17 +54,9 @@ def pytest_collection_modifyitems(config, items):
 
 def small_config(root: Path, out: Path, *overrides: str) -> ExperimentConfig:
     """experiments/smoke.yaml pointed at a small-dims world."""
-    mods = (
-        "["
-        + ",".join(
-            "{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
-            for m in SMALL_MODALITIES
-        )
-        + "]"
-    )
     return load_config(
         REPO / "experiments" / "smoke.yaml",
-        [f"data.root={root}", f"output_dir={out}", f"data.modalities={mods}", *overrides],
+        [f"data.root={root}", f"output_dir={out}", f"data.modalities={SMALL_MODS}", *overrides],
     )
 
 

@@ -15,16 +15,9 @@ import pytest
 
 from meiju_ray.cli import main
 from meiju_ray.labels import EMOTIONS, INTENTS
-from tests.conftest import REPO, SMALL_MODALITIES
+from tests.conftest import REPO, SMALL_MODS
 
-MODS = (
-    "["
-    + ",".join(
-        "{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
-        for m in SMALL_MODALITIES
-    )
-    + "]"
-)
+MODS = SMALL_MODS  # data.modalities=... for the small-dims worlds
 
 
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:

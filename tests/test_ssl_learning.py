@@ -14,7 +14,7 @@ import pytest
 from meiju_ray.config import load_config
 from meiju_ray.data.synth import write_world
 from meiju_ray.pipeline import run_pipeline
-from tests.conftest import REPO, SMALL_MODALITIES, SMALL_SPECS
+from tests.conftest import REPO, SMALL_MODS, SMALL_SPECS
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -27,13 +27,12 @@ def ssl_world(tmp_path_factory):
 
 
 def _cfg(root, out, seed: int):
-    mods = ",".join("{name: %s, folder: %s, dim: %d}" % tuple(m.values()) for m in SMALL_MODALITIES)
     return load_config(
         REPO / "experiments" / "track1_mandarin.yaml",
         [
             f"data.root={root}",
             f"output_dir={out}",
-            f"data.modalities=[{mods}]",
+            f"data.modalities={SMALL_MODS}",
             f"seed={seed}",
             "tracking.enabled=false",
             "model.hidden=64",

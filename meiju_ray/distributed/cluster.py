@@ -63,7 +63,6 @@ def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> 
 
     if ray.is_initialized():
         return "existing"
-    apply_env_defaults()  # normally done already on importing meiju_ray.distributed
     target = cluster_address(cfg, address)
     if target:
         ray.init(address=target, log_to_driver=not quiet)

@@ -157,7 +157,7 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch=start_epoch,
         optimizer=optimizer,
         state=current,
-        augment=augment.for_run(cfg.augment, bool(train.is_pseudo().any())),
+        augment=augment.for_run(cfg.augment, train),
         pool_batches=None
         if pool is None
         else lambda seed: iter_batches(

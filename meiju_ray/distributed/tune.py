@@ -59,6 +59,7 @@ from meiju_ray.sweep.space import check_space, expand_params, trial_config
 from meiju_ray.tracking.sweep import TrialRuns, end_interrupted_runs, register_model, sweep_run
 from meiju_ray.tracking.tracker import Tracker, check_reachable, summary_metrics
 from meiju_ray.train import checkpoint
+from meiju_ray.train.consistency import teacher_config
 from meiju_ray.train.engine import unwrap
 from meiju_ray.train.local import fit_local, load_pool, load_train_val
 
@@ -196,11 +197,7 @@ def _teacher_and_pool(cfg: ExperimentConfig, tracker, out: Path, train: PackedSp
     trained = (teacher / checkpoint.WEIGHTS).is_file() or (teacher / checkpoint.ENSEMBLE).is_file()
     if not cfg.tune.teacher_checkpoint and not trained:
         log.info("[1] teacher: labelled data only -> %s", teacher.parent)
-        teacher_cfg = dataclasses.replace(cfg, output_dir=str(teacher.parent))
-        if not cfg.consistency.in_teacher:
-            teacher_cfg = dataclasses.replace(
-                teacher_cfg, consistency=dataclasses.replace(cfg.consistency, weight=0.0)
-            )
+        teacher_cfg = teacher_config(dataclasses.replace(cfg, output_dir=str(teacher.parent)))
         with tracker.run("teacher", nested=True, tags={"stage": "teacher"}):
             tracker.log_config(teacher_cfg)
             if cfg.pseudo.teachers > 1:  # an ensemble of seeds, in parallel on Ray

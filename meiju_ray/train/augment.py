@@ -20,16 +20,17 @@ import dataclasses
 import torch
 
 from meiju_ray.config import AugmentConfig
+from meiju_ray.data.packing import PackedSplit
 
 Batch = dict[str, torch.Tensor]
 
 
-def for_run(cfg: AugmentConfig, train_has_pool_rows: bool) -> AugmentConfig | None:
-    """The noise a training run uses: apply_to=students noises every row of a run that trains on
-    pool rows (a student) and nothing in a supervised run (a teacher, `train`)."""
+def for_run(cfg: AugmentConfig, train: PackedSplit) -> AugmentConfig | None:
+    """The noise a run training on `train` uses: apply_to=students noises every row of a run that
+    trains on pool rows (a student) and nothing in a supervised run (a teacher, `train`)."""
     if cfg.apply_to != "students":
         return cfg
-    return dataclasses.replace(cfg, apply_to="all") if train_has_pool_rows else None
+    return dataclasses.replace(cfg, apply_to="all") if train.is_pseudo().any() else None
 
 
 def is_active(cfg: AugmentConfig) -> bool:

@@ -16,13 +16,14 @@ USB's fixmatch / softmatch (read, not imported). Nothing here imports Ray or MLf
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meiju_ray.config import ConsistencyConfig
+from meiju_ray.config import ConsistencyConfig, ExperimentConfig
 
 TASK_HEADS = {"emotion": "emotion", "intent": "intent"}  # task -> model output used
 
@@ -131,3 +132,11 @@ def teacher_probs(teacher: nn.Module, batch: dict[str, torch.Tensor]) -> dict[st
 def ramp(epoch: int, cfg: ConsistencyConfig) -> float:
     """Linear warm-up of the consistency weight: epoch 0 -> 1/(w+1), ..., >= w -> 1."""
     return cfg.weight * min(1.0, (epoch + 1) / (cfg.warmup_epochs + 1))
+
+
+def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config a pipeline's or sweep's teacher trains with: online consistency is a student
+    method unless consistency.in_teacher (a plain `train` uses cfg as it is)."""
+    if cfg.consistency.in_teacher:
+        return cfg
+    return dataclasses.replace(cfg, consistency=dataclasses.replace(cfg.consistency, weight=0.0))

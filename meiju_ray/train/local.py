@@ -138,7 +138,7 @@ def _fit(cfg, model, device, train, val, on_epoch, pool) -> FitResult:
         val_batches=lambda: iter_batches(val, 2 * t.batch_size, False, 0, t.bucket_by_length),
         class_weights=class_weights_for(cfg, train),
         on_epoch=on_epoch,
-        augment=augment.for_run(cfg.augment, bool(train.is_pseudo().any())),
+        augment=augment.for_run(cfg.augment, train),
         pool_batches=None
         if pool is None
         else lambda seed: iter_batches(pool, pool_batch_size(cfg), True, seed, t.bucket_by_length),

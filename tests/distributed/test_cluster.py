@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, SMALL_MODALITIES
+from tests.conftest import REPO, SMALL_MODS
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 BIN = Path(sys.executable).parent
@@ -129,14 +129,7 @@ def test_job_submit_sweep_with_token_auth_lands_in_mlflow(ray_head, small_world,
     assert _get(url + "/api/jobs/", None) == 401  # token auth is on
     (tmp_path / "worlds").mkdir()
     (tmp_path / "worlds" / "small").symlink_to(small_world)
-    mods = (
-        "["
-        + ",".join(
-            "{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
-            for m in SMALL_MODALITIES
-        )
-        + "]"
-    )
+    mods = SMALL_MODS
     entrypoint = [  # ray job submit shell-quotes each word into the entrypoint string
         "meiju-ray",
         "-q",

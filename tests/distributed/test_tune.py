@@ -19,18 +19,11 @@ from pathlib import Path
 import pytest
 
 from meiju_ray.config import ConfigError, load_config
-from tests.conftest import REPO, SMALL_MODALITIES
+from tests.conftest import REPO, SMALL_MODS
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SWEEP = REPO / "experiments" / "sweep_smoke.yaml"
-MODS = (
-    "["
-    + ",".join(
-        "{name: %s, folder: %s, dim: %d}" % (m["name"], m["folder"], m["dim"])
-        for m in SMALL_MODALITIES
-    )
-    + "]"
-)
+MODS = SMALL_MODS  # data.modalities=... for the small-dims worlds
 
 
 def sweep_config(world: Path, out: Path, *overrides: str):

@@ -115,7 +115,7 @@ def test_noise_never_touches_padded_frames_nor_a_supervised_run_by_default():
     from meiju_ray.train.augment import for_run
 
     batch = collate(_split([5, 1, 3]), np.arange(3))  # gold rows only
-    assert for_run(AugmentConfig(), train_has_pool_rows=False) is None  # a supervised run
+    assert for_run(AugmentConfig(), _split([5, 1, 3])) is None  # a supervised run
     assert augment_batch(batch, OFF) is batch and not is_active(OFF)
     torch.manual_seed(0)
     noisy = augment_batch(batch, STRONG)
@@ -243,6 +243,8 @@ def test_students_noise_every_row_of_a_student_run_and_nothing_in_a_supervised_o
     from meiju_ray.train.augment import for_run
 
     cfg = AugmentConfig(apply_to="students")
-    assert for_run(cfg, train_has_pool_rows=False) is None
-    assert for_run(cfg, train_has_pool_rows=True).apply_to == "all"
-    assert for_run(STRONG, False) is STRONG  # other modes decide per row
+    gold, student = _split([3, 3]), _split([3, 3])
+    student.pseudo = np.array([False, True])
+    assert for_run(cfg, gold) is None
+    assert for_run(cfg, student).apply_to == "all"
+    assert for_run(STRONG, gold) is STRONG  # other modes decide per row
