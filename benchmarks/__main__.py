@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in [name, *rest])
         target = getattr(module, "RESULTS_FILE", BENCHMARKS_MD)
-        write_section(name, module.TITLE, command, body, path=target)
+        section = getattr(module, "section_name", lambda _: name)(args)
+        title = getattr(module, "section_title", lambda _: module.TITLE)(args)
+        write_section(section, title, command, body, path=target)
         print(f"[bench] updated {target.name} section {name!r}")
     return 0
 
