@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-if ! python -c "import meiju_ray, ray, mlflow, torch, pytest" 2>/dev/null || [ "${MEIJU_REINSTALL:-0}" = 1 ]; then
+if ! python -c "import meiju_ray, ray, mlflow, torch, pytest, av, cv2, opensmile, skimage" 2>/dev/null || [ "${MEIJU_REINSTALL:-0}" = 1 ]; then
   echo "[setup] installing meiju_ray and pinned dependencies (first time: ~2 minutes)"
   python -m pip install --quiet -e '.[test]'
 fi
