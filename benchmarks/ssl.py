@@ -280,13 +280,12 @@ def _oracle_rows(cfg):
 
 
 def _reference(cfg) -> dict:
-    """The logistic-regression reference scored on the test split's withheld labels."""
-    from meiju_ray.data.layout import resolve
-    from meiju_ray.data.packing import load_split, with_withheld_labels
+    """The logistic-regression reference scored on the test split's true labels."""
+    from meiju_ray.data.packing import load_split
+    from meiju_ray.train.inference import labelled_test_split
     from meiju_ray.train.reference import logistic_reference
 
-    truth = resolve(cfg.data.root, "hidden/Testing_labels.txt")
-    test = with_withheld_labels(load_split(cfg.data, cfg.data.test_split), truth, cfg.data)
+    test = labelled_test_split(cfg)
     return logistic_reference(load_split(cfg.data, cfg.data.train_split), test, seed=cfg.seed)
 
 

@@ -47,10 +47,10 @@ from meiju_ray.train.engine import (
 )
 from meiju_ray.train.local import (
     EpochCallback,
+    EpochLog,
     class_weights_for,
     initial_weights,
     load_train_val,
-    log_epoch,
     pool_batch_size,
     prepare_output,
     run_local,
@@ -319,6 +319,8 @@ def _run_distributed(cfg, extra_train, on_epoch, init_from) -> dict:
         shutil.rmtree(storage)
     stream, queue = epoch_stream()
     done = threading.Event()
+
+    log_epoch = EpochLog(cfg.train.epochs)
 
     def drain() -> None:  # epoch lines and on_epoch (e.g. MLflow) while the workers train
         while not (done.is_set() and queue.empty()):

@@ -47,23 +47,34 @@ from meiju_ray.fileio import atomic_dir, ensure_writable_dir, write_json_atomic
 from meiju_ray.model.network import build_model
 from meiju_ray.pseudo.labelling import PSEUDO_FILE, SUMMARY_FILE, pseudo_rows
 from meiju_ray.pseudo.selection import allowed_pairs_from, class_prior, select
-from meiju_ray.sweep.grammar import bounds, distribution, is_encoded
+from meiju_ray.sweep.grammar import bounds, distribution, is_encoded, targets
 from meiju_ray.sweep.report import (
+    RunningBest,
     pick_best,
     plot_sweep,
     trial_rows,
+    verdict,
     write_best_yaml,
     write_trials_csv,
 )
-from meiju_ray.sweep.space import check_space, expand_params, trial_config
+from meiju_ray.sweep.space import (
+    check_space,
+    describe,
+    ended_naturally,
+    expand_params,
+    expected_trials,
+    trial_config,
+)
+from meiju_ray.tracking.models import resolve_checkpoint
 from meiju_ray.tracking.sweep import TrialRuns, end_interrupted_runs, register_model, sweep_run
-from meiju_ray.tracking.tracker import Tracker, check_reachable, summary_metrics
+from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri, summary_metrics
 from meiju_ray.train import checkpoint
 from meiju_ray.train.consistency import teacher_config
 from meiju_ray.train.engine import unwrap
 from meiju_ray.train.local import fit_local, load_pool, load_train_val
 
 log = logging.getLogger("meiju_ray")
+HEARTBEAT_S = 30.0  # at most one "sweep: k/N trials done, ..." line per this many seconds
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,8 +201,8 @@ def _teacher_and_pool(cfg: ExperimentConfig, tracker, out: Path, train: PackedSp
     import pyarrow.parquet as pq
 
     teacher = (
-        Path(cfg.tune.teacher_checkpoint)
-        if cfg.tune.teacher_checkpoint
+        resolve_checkpoint(cfg.tune.teacher_checkpoint, tracker.uri or resolve_uri(cfg))
+        if cfg.tune.teacher_checkpoint  # a directory, runs:/... or models:/...
         else out / "teacher" / "checkpoint"
     )
     trained = (teacher / checkpoint.WEIGHTS).is_file() or (teacher / checkpoint.ENSEMBLE).is_file()
@@ -203,8 +214,8 @@ def _teacher_and_pool(cfg: ExperimentConfig, tracker, out: Path, train: PackedSp
             if cfg.pseudo.teachers > 1:  # an ensemble of seeds, in parallel on Ray
                 train_teachers(teacher_cfg, out, cfg.pseudo.teachers)
             else:
-                run_train(teacher_cfg, on_epoch=lambda e, m, best: tracker.log_metrics(m, step=e))
-                tracker.log_model(teacher)
+                run_train(teacher_cfg, on_epoch=lambda e, m, best: tracker.log_epoch(e, m))
+            tracker.log_model(teacher)
     pseudo = out / "pseudo"
     summary = (
         json.loads((pseudo / SUMMARY_FILE).read_text()) if (pseudo / SUMMARY_FILE).is_file() else {}
@@ -278,6 +289,80 @@ def _check_resources(cfg: ExperimentConfig, attached: bool, storage: str) -> dic
     return per_trial
 
 
+def _progress_callback(cfg: ExperimentConfig):
+    """A Tune callback for the console: a line per finished trial, `trial k/N done: <metric>
+    (best so far ..., <swept values>)`, and between trial ends at most one heartbeat line per
+    HEARTBEAT_S seconds (trials running, epochs reported, best so far)."""
+    from ray.tune import Callback
+
+    t = cfg.tune
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.best, self.n_done, self.last_beat = RunningBest(t.mode), 0, time.time()
+            self.n_trials, self.epochs, self.history = expected_trials(t), {}, {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            epoch = int(result.get("epoch", iteration - 1)) + 1
+            self.epochs[trial] = epoch
+            self.history.setdefault(trial, []).append(
+                {k: result.get(k) for k in ("epoch", "is_best", "trial_done")}
+            )
+            self.best.update(trial, result.get(t.metric), epoch)
+            if time.time() - self.last_beat >= HEARTBEAT_S:
+                self.last_beat = time.time()
+                running = [tr for tr in trials if tr.status == "RUNNING"]
+                overall = self.best.overall()
+                log.info(
+                    "sweep: %d/%d trials done, %d running (%s), best %s so far %s",
+                    self.n_done,
+                    self.n_trials,
+                    len(running),
+                    ", ".join(
+                        f"epoch {self.epochs.get(tr, 0)}/{cfg.train.epochs}" for tr in running
+                    ),
+                    t.metric,
+                    "-" if overall is None else f"{overall:.4f}",
+                )
+
+        def _ended(self, trial, outcome: str) -> None:
+            self.n_done += 1
+            best = self.best.per_trial.get(trial)
+            overall = self.best.overall()
+            log.info(
+                "trial %d/%d %s after %d epochs: %s %s (best so far %s; %s)",
+                self.n_done,
+                self.n_trials,
+                outcome,
+                self.epochs.get(trial, 0),
+                t.metric,
+                "-" if best is None else f"{best[0]:.4f}",
+                "-" if overall is None else f"{overall:.4f}",
+                describe(trial.config, t.search_space),
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            done_itself = ended_naturally(
+                self.history.pop(trial, []), trial_config(cfg.to_dict(), trial.config).train
+            )
+            self._ended(trial, "done" if done_itself else "stopped early (scheduler)")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._ended(trial, "FAILED")
+
+    return TrialProgress()
+
+
+def swept_params(space: dict) -> dict[str, str]:
+    """Config key -> 'swept: <distribution> <values>' for every key the trials set."""
+    out = {}
+    for key, spec in space.items():
+        kind, values = distribution(spec)
+        for name in targets(key, spec):
+            out[name] = f"swept ({key}): {kind} {json.dumps(values)}"
+    return out
+
+
 def _interrupted(exp_dir: str, t: SweepConfig) -> bool:
     """After Tuner.fit: did a SIGINT stop the sweep early? Tune then returns normally; its saved
     state holds the unfinished trials as PENDING (in memory they look TERMINATED), and trials the
@@ -285,12 +370,9 @@ def _interrupted(exp_dir: str, t: SweepConfig) -> bool:
     from ray.tune import ExperimentAnalysis
 
     trials = ExperimentAnalysis(exp_dir).trials
-    expected = t.num_samples
-    if t.search_alg == "random":
-        for spec in t.search_space.values():
-            kind, values = distribution(spec)
-            expected *= len(values) if kind == "grid" else 1
-    return len(trials) < expected or any(tr.status not in ("TERMINATED", "ERROR") for tr in trials)
+    return len(trials) < expected_trials(t) or any(
+        tr.status not in ("TERMINATED", "ERROR") for tr in trials
+    )
 
 
 def _trial_name(trial) -> str:
@@ -314,6 +396,7 @@ def run_tune(cfg: ExperimentConfig, resume: bool = False, address: str | None = 
     """Run (or resume) the sweep; returns best config, best metric and the report's paths."""
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     check_required(cfg)
@@ -348,9 +431,9 @@ def run_tune(cfg: ExperimentConfig, resume: bool = False, address: str | None = 
     with sweep_run(tracker, f"sweep:{t.name}", previous.get("parent_run_id")) as parent_id:
         write_json_atomic(state_file, {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
         if not resume:
-            tracker.log_config(
-                cfg
-            )  # also the search space, as tune.search_space.<key>.<distribution>
+            # also the search space, as tune.search_space.<key>.<distribution>; the swept keys
+            # say "swept", not the base value no trial used
+            tracker.log_config(cfg, swept=swept_params(t.search_space))
         train, val = load_train_val(cfg)
         data = {"train": ray.put(train), "val": ray.put(val), "pool": None}
         if t.trial == "student":
@@ -364,7 +447,10 @@ def run_tune(cfg: ExperimentConfig, resume: bool = False, address: str | None = 
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=cfg.to_dict(), data=data), per_trial
         )
-        callbacks = []
+        # CSV + JSON loggers explicitly (Tune's results read them); no TensorBoard logger, whose
+        # "tensorboard --logdir /tmp/ray/session_..." hint points into a temporary directory
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), _progress_callback(cfg)]
         if tracker.enabled:
             experiment_id = tracker.client.get_experiment_by_name(
                 cfg.tracking.experiment
@@ -486,6 +572,9 @@ def write_report(
     )
     plots = plot_sweep(rows, t.search_space, metric_col, out / "plots")
     best = pick_best(rows, metric_col, t.mode)
+    judged = verdict(rows, best, metric_col, t.mode, t.search_space)
+    for warning in judged["warnings"]:
+        log.warning("sweep '%s': %s", t.name, warning)
     best_yaml = write_best_yaml(
         original,
         {
@@ -524,11 +613,15 @@ def write_report(
         )
         tracker.client.set_tag(parent_id, "best_trial_id", best["trial_id"])
         if model_dir is not None and best["mlflow_run_id"]:
-            tracker.client.log_artifacts(best["mlflow_run_id"], str(model_dir), "model")
+            info = tracker.log_model(model_dir, run_id=best["mlflow_run_id"])
             tracker.client.set_tag(best["mlflow_run_id"], "best_trial", "true")
             if cfg.tracking.register_model:
                 registered = register_model(
-                    tracker.client, cfg.tracking.register_model, best["mlflow_run_id"]
+                    tracker.client,
+                    cfg.tracking.register_model,
+                    best["mlflow_run_id"],
+                    info.model_id,
+                    cfg.tracking.model_alias,
                 )
     best_params = expand_params(best["params"], t.search_space)
     swept = ", ".join(f"{k}={v}" for k, v in best_params.items())
@@ -545,6 +638,9 @@ def write_report(
         "best_params": best_params,
         "metric": metric_col,
         "best_metric": best[metric_col],
+        "margin_over_runner_up": judged["margin"],
+        "runner_up_trial_id": judged["runner_up"],
+        "warnings": judged["warnings"],
         "best_config": str(best_yaml),
         "best_model": str(model_dir) if model_dir else None,
         "trials_csv": str(csv_path),

@@ -1,7 +1,7 @@
 """Report tables and plots of a finished sweep: plain functions of rows (no Ray, no MLflow).
 
     trial_rows(results, cfg, runs)   one row per trial from Tune's results (duck-typed)
-    write_trials_csv / plot_sweep / pick_best / write_best_yaml
+    write_trials_csv / plot_sweep / pick_best / verdict / write_best_yaml
 
 `meiju_ray.distributed.tune.write_report` calls them and logs the files to the sweep's MLflow run.
 """
@@ -61,6 +61,92 @@ def pick_best(rows: list[dict[str, Any]], metric_column: str, mode: str) -> dict
         return None
     sign = 1.0 if mode == "max" else -1.0
     return max(finished, key=lambda r: sign * float(r[metric_column]))
+
+
+class RunningBest:
+    """The best value of a metric so far, per trial and over all trials (`mode`: max or min);
+    non-numbers and NaN are ignored."""
+
+    def __init__(self, mode: str):
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.per_trial: dict[Any, tuple[float, int]] = {}  # trial -> (best value, its epoch)
+
+    def update(self, trial: Any, value: Any, epoch: int) -> tuple[float, int] | None:
+        best = self.per_trial.get(trial)
+        if as_number(value) is not None and not is_nan(float(value)):
+            if best is None or self.sign * float(value) > self.sign * best[0]:
+                self.per_trial[trial] = best = (float(value), epoch)
+        return best
+
+    def overall(self) -> float | None:
+        values = [v for v, _ in self.per_trial.values()]
+        return max(values, key=lambda v: self.sign * v) if values else None
+
+
+# joint-score differences below this are within the seed noise measured on these data sizes
+# (0.003-0.01 joint between seeds of one config; RESULTS.md)
+SEED_NOISE = 0.01
+PSEUDO_PREFIX = "pseudo."
+
+
+def verdict(
+    rows: list[dict[str, Any]],
+    best: dict[str, Any],
+    metric_column: str,
+    mode: str,
+    space: dict[str, dict[str, list]],
+    noise: float = SEED_NOISE,
+) -> dict[str, Any]:
+    """How much the best trial's win means: its margin over the runner-up, whether that margin is a
+    tie or within the seed noise (one seed per trial cannot tell such trials apart), and warnings
+    for swept pseudo-label settings that changed nothing (no trial got a pseudo-label, or every
+    value gave the same count)."""
+    sign = 1.0 if mode == "max" else -1.0
+    ok = [
+        r
+        for r in rows
+        if not r.get("error") and r.get(metric_column) is not None and not is_nan(r[metric_column])
+    ]
+    others = sorted((r for r in ok if r is not best), key=lambda r: -sign * float(r[metric_column]))
+    warnings: list[str] = []
+    out: dict[str, Any] = {"margin": None, "runner_up": None, "warnings": warnings}
+    if others:
+        runner = others[0]
+        margin = sign * (float(best[metric_column]) - float(runner[metric_column]))
+        out.update(margin=margin, runner_up=runner["trial_id"])
+        if margin == 0.0:
+            warnings.append(
+                f"tie: trial {runner['trial_id']} has the same {metric_column} "
+                f"({float(best[metric_column]):.4f}); the best was picked by order, not by merit"
+            )
+        elif margin < noise:
+            near = [r for r in others if sign * (best[metric_column] - r[metric_column]) < noise]
+            warnings.append(
+                f"near-tie: {len(near)} other trial(s) within {noise:g} {metric_column} of the "
+                f"best (margin {margin:.4f} over {runner['trial_id']}), inside the seed "
+                "noise; re-run the top trials over several seeds before trusting the ranking"
+            )
+    pseudo_keys = [
+        k for k in space if any(n.startswith(PSEUDO_PREFIX) for n in targets(k, space[k]))
+    ]
+    counts = [r.get("n_pseudo") for r in ok if r.get("n_pseudo") is not None]
+    if pseudo_keys and counts:
+        if max(counts) == 0:
+            warnings.append(
+                f"no trial got a pseudo-label: the swept {', '.join(pseudo_keys)} changed "
+                "nothing (every trial trained on the labelled rows only)"
+            )
+        else:
+            for key in pseudo_keys:
+                by_value: dict[str, set] = {}
+                for r in ok:
+                    by_value.setdefault(json.dumps(r["params"].get(key)), set()).add(r["n_pseudo"])
+                if len(by_value) > 1 and len(set().union(*by_value.values())) == 1:
+                    warnings.append(
+                        f"every value of {key} gave the same {counts[0]} pseudo-labels: sweeping "
+                        "it changed nothing"
+                    )
+    return out
 
 
 def _label(value: Any) -> str:

@@ -5,6 +5,7 @@ tune.search_space:  {key: {choice|grid|uniform|loguniform|randint: [...]}}
 trial_config(base, params)   the sampled values applied to the base config (type-checked)
 expand_params(params, space) {"head_split": "[4, 2]"} -> {"model.heads_emo_to_int": 4, ...}
 ended_naturally(...)         did a trial run to its own end, or did the scheduler stop it?
+describe(params, space)      'threshold=0.5 head_split=4/2' (trial run names, progress lines)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meiju_ray.config import ConfigError, ExperimentConfig, TrainConfig, set_dotted
-from meiju_ray.sweep.grammar import is_encoded, samples, targets
+from meiju_ray.sweep.grammar import distribution, is_encoded, samples, targets
 from meiju_ray.train.engine import stops_after
 
 # keys a trial cannot change: fixed by the teacher / pseudo-label pass, the cluster or the sweep
@@ -53,6 +54,35 @@ def expand_params(params: dict[str, Any], space: dict[str, dict[str, list]]) -> 
         else:
             out.update(zip(names, value))
     return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "/".join(_short(v) for v in value)
+    return str(value)
+
+
+def describe(params: dict[str, Any], space: dict[str, dict[str, list]]) -> str:
+    """A trial's swept values in a few characters, e.g. 'threshold=0.5 head_split=4/2': the last
+    part of each dotted key (a key swept with others keeps its own name)."""
+    return " ".join(
+        f"{key.rsplit('.', 1)[-1]}={_short(decode(key, params[key], space))}"
+        for key in space
+        if key in params
+    )
+
+
+def expected_trials(t) -> int:
+    """How many trials a finished sweep has (`t`: the tune section): num_samples, times every grid's
+    size when the search is random/grid (Tune repeats the grid num_samples times)."""
+    n = t.num_samples
+    if t.search_alg == "random":
+        for spec in t.search_space.values():
+            kind, values = distribution(spec)
+            n *= len(values) if kind == "grid" else 1
+    return n
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> ExperimentConfig:

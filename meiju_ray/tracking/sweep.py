@@ -15,7 +15,13 @@ from mlflow import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from meiju_ray.config import ExperimentConfig
-from meiju_ray.sweep.space import ended_naturally, expand_params, trial_config
+from meiju_ray.sweep.report import RunningBest
+from meiju_ray.sweep.space import (
+    describe,
+    ended_naturally,
+    expand_params,
+    trial_config,
+)
 
 log = logging.getLogger("meiju_ray")
 
@@ -38,6 +44,7 @@ class TrialRuns(MLflowLoggerCallback):
         )
         self.experiment_id, self.parent = experiment_id, parent_run_id
         self.base, self.space = cfg.to_dict(), cfg.tune.search_space
+        self.metric, self.best = cfg.tune.metric, RunningBest(cfg.tune.mode)
         self._history: dict = {}
 
     def setup(self, *args, **kwargs):
@@ -48,8 +55,10 @@ class TrialRuns(MLflowLoggerCallback):
 
     def log_trial_start(self, trial):
         if trial not in self._trial_runs:
+            swept = describe(trial.config, self.space)
             run = self.mlflow_util.start_run(
-                run_name=str(trial),
+                # the swept values first: MLflow's run list truncates long names
+                run_name=f"{swept} [{trial.trial_id.rsplit('_', 1)[-1]}]",
                 tags={**self.tags, "trial_name": str(trial), "trial_id": trial.trial_id},
             )
             self._trial_runs[trial] = run.info.run_id
@@ -62,7 +71,13 @@ class TrialRuns(MLflowLoggerCallback):
         if trial not in self._trial_runs:
             self.log_trial_start(trial)
         self._history[trial].append({k: result.get(k) for k in ("epoch", "is_best")})
-        super().log_trial_result(iteration, trial, result)
+        shown = dict(result)
+        if isinstance(result.get("epoch"), (int, float)):
+            shown["epoch"] = int(result["epoch"]) + 1  # the step convention: first epoch = 1
+        best = self.best.update(trial, result.get(self.metric), shown.get("epoch", iteration))
+        if best is not None:  # sorting trial runs by best_<metric> in MLflow ranks them right
+            shown[f"best_{self.metric}"], shown["best_epoch"] = best
+        super().log_trial_result(iteration, trial, shown)
 
     def log_trial_end(self, trial, failed=False):
         if trial not in self._trial_runs:
@@ -76,13 +91,6 @@ class TrialRuns(MLflowLoggerCallback):
         )
         super().log_trial_end(trial, failed)
         del self._trial_runs[trial]
-        log.info(
-            "trial %s %s after %d epochs: %s",
-            trial.trial_id,
-            "FAILED" if failed else ("stopped early" if early else "finished"),
-            len(history),
-            ", ".join(f"{k}={v}" for k, v in expand_params(trial.config, self.space).items()),
-        )
 
 
 def end_interrupted_runs(client, experiment_id: str, parent_run_id: str) -> None:
@@ -116,18 +124,9 @@ def sweep_run(tracker, name: str, run_id: str | None) -> Iterator[str | None]:
     mlflow.end_run("FINISHED")
 
 
-def register_model(client, name: str, run_id: str) -> dict:
-    """Register runs:/<run_id>/model as a new version of `name` (created if needed)."""
-    from mlflow.exceptions import MlflowException
+def register_model(client, name: str, run_id: str, model_id: str, alias: str = "") -> dict:
+    """Register the best trial's logged model as a new version of `name` (created if needed),
+    with `alias` moved to it (tracking.models.register)."""
+    from meiju_ray.tracking.models import register
 
-    try:
-        client.create_registered_model(name)
-    except MlflowException:  # already there
-        pass
-    version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
-    log.info("registered the best model as %s version %s", name, version.version)
-    return {
-        "name": name,
-        "version": int(version.version),
-        "uri": f"models:/{name}/{version.version}",
-    }
+    return register(client, name, model_id, run_id, alias)

@@ -218,15 +218,17 @@ class Tracker:
             raise TrackingError("no active MLflow run: log inside `with tracker.run(...)`")
         return run_id
 
-    def log_config(self, cfg: ExperimentConfig | dict) -> None:
+    def log_config(self, cfg: ExperimentConfig | dict, swept: dict[str, str] | None = None) -> None:
         """Every config key as a string param (a.b.c; list items of dicts as a.0.c) +
-        config.yaml."""
+        config.yaml. `swept` (a sweep's parent run): key -> what the trials sweep, logged instead
+        of the base value that no trial used."""
         if not self.enabled:
             return
         from mlflow.entities import Param
 
         run_id, tree = self._target(), cfg if isinstance(cfg, dict) else cfg.to_dict()
-        params = [Param(k[:250], str(v)[:MAX_PARAM_LEN]) for k, v in flatten(tree).items()]
+        values = {**flatten(tree), **(swept or {})}
+        params = [Param(k[:250], str(v)[:MAX_PARAM_LEN]) for k, v in values.items()]
         self.client.log_batch(run_id, params=params)  # MlflowClient splits it into batches
         text = yaml.safe_dump(tree, sort_keys=False) if isinstance(cfg, dict) else to_yaml(cfg)
         self.client.log_text(run_id, text, "config.yaml")
@@ -245,6 +247,12 @@ class Tracker:
             if (x := _number(v)) is not None
         ]
         self.client.log_batch(run_id, metrics=rows)
+
+    def log_epoch(self, epoch: int, metrics: dict) -> None:
+        """One epoch's metrics. The step convention everywhere (stage runs and Tune's trial runs):
+        step = the epoch number as the console prints it, 1 for the first epoch; `epoch` itself is
+        logged the same way (the training loop counts from 0)."""
+        self.log_metrics({**metrics, "epoch": epoch + 1}, step=epoch + 1)
 
     def log_dict(self, obj: dict, artifact_file: str) -> None:
         """JSON, or YAML when artifact_file ends in .yaml/.yml; numpy/torch values become plain
@@ -307,35 +315,31 @@ class Tracker:
         fig.tight_layout()
         self.client.log_figure(self._target(), fig, artifact_file)
 
-    def log_model(self, checkpoint_dir: str | os.PathLike, artifact_path: str = "model") -> None:
-        """The checkpoint directory (model.pt, config.yaml, meta.json) as artifacts under
-        `artifact_path`."""
+    def log_model(
+        self, checkpoint_dir: str | os.PathLike, artifact_path: str = "model", run_id: str = ""
+    ):
+        """The checkpoint directory (a single model or an ensemble) as a pyfunc MLflow model of
+        the current run (or `run_id`) named `artifact_path`: runs:/<run_id>/model
+        (tracking.models). Returns MLflow's ModelInfo, or None when tracking is off."""
         if not self.enabled:
-            return
-        d = Path(checkpoint_dir)
-        if not (d / "model.pt").is_file() or not (d / "config.yaml").is_file():
-            raise FileNotFoundError(
-                f"not a checkpoint directory (needs model.pt and config.yaml): {d}"
-            )
-        self.client.log_artifacts(self._target(), str(d), artifact_path)
+            return None
+        import mlflow
+
+        from meiju_ray.tracking.models import log_checkpoint_model
+
+        mlflow.set_tracking_uri(self.uri)  # MLflow's Model.log writes to the global store
+        return log_checkpoint_model(checkpoint_dir, run_id or self._target(), artifact_path)
 
 
 def download_model(model_uri: str, dst: str | os.PathLike, tracking_uri: str | None = None) -> str:
     """runs:/<run_id>/model or models:/... (or a local directory) -> a directory checkpoint.load()
-    reads.
+    reads (the checkpoint inside the MLflow model).
 
     tracking_uri defaults to MLflow's current one (set by a Tracker in this process, or
     $MLFLOW_TRACKING_URI)."""
-    if os.path.isdir(model_uri):
-        return model_uri
-    import mlflow
+    from meiju_ray.tracking.models import resolve_checkpoint
 
-    Path(dst).mkdir(parents=True, exist_ok=True)
-    return mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri,
-        dst_path=str(dst),
-        tracking_uri=tracking_uri or mlflow.get_tracking_uri(),
-    )
+    return str(resolve_checkpoint(model_uri, tracking_uri, dst))
 
 
 def summary_metrics(info: dict) -> dict[str, float]:

@@ -20,6 +20,7 @@ from meiju_ray.data.batching import iter_batches
 from meiju_ray.data.layout import resolve
 from meiju_ray.data.packing import PackedSplit, load_split, with_withheld_labels
 from meiju_ray.fileio import check_output_file, write_text_atomic
+from meiju_ray.labels import MISSING_ID
 from meiju_ray.train import checkpoint
 from meiju_ray.train.engine import evaluate, predict_probs, resolve_device, set_threads
 from meiju_ray.train.metrics import confusion, scores
@@ -105,21 +106,30 @@ def predict_checkpoint(
     return path
 
 
+def labelled_test_split(cfg: ExperimentConfig, truth_file: str = "hidden/Testing_labels.txt"):
+    """The test split with its true labels, or None when the data has none: synthetic worlds keep
+    them back in `<root>/hidden/Testing_labels.txt`; the corpus importers write them into the
+    Testing list itself (the pipeline never trains on that split)."""
+    truth_path = resolve(cfg.data.root, truth_file)
+    test = load_split(cfg.data, cfg.data.test_split)
+    if truth_path.is_file():
+        return with_withheld_labels(test, truth_path, cfg.data)
+    return test if bool((test.emotion != MISSING_ID).any()) else None
+
+
 def hidden_test_scores(
     checkpoint_dir: str | Path,
     data_root: str | None = None,
     truth_file: str = "hidden/Testing_labels.txt",
 ) -> dict | None:
-    """Scores on the test split against labels the data keeps back (synthetic worlds and the corpus
-    importers write `<root>/hidden/Testing_labels.txt`); None when the data has no such file.
-    This is the number to compare methods on: validation picked the best epoch."""
+    """Scores on the test split against its true labels (`labelled_test_split`); None when the data
+    has none. This is the number to compare methods on: validation picked the best epoch."""
     device = resolve_device("auto")
     model, cfg, _ = checkpoint.load(checkpoint_dir, device)
     cfg = with_data_root(cfg, data_root)
-    truth_path = resolve(cfg.data.root, truth_file)
-    if not truth_path.is_file():
+    test = labelled_test_split(cfg, truth_file)
+    if test is None:
         return None
-    test = with_withheld_labels(load_split(cfg.data, cfg.data.test_split), truth_path, cfg.data)
     probs = predict_probs(model, iter_batches(test, 64), device)
     return scores(
         test.emotion,

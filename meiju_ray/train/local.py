@@ -8,6 +8,7 @@ chooses between it and Ray Train, which runs the same engine functions on every 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,9 +85,7 @@ def pool_batch_size(cfg: ExperimentConfig, world_size: int = 1) -> int:
 
 def initial_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     """The state_dict of a saved checkpoint (a student starting from its teacher)."""
-    return torch.load(
-        Path(checkpoint_dir) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True
-    )
+    return checkpoint.load_weights(checkpoint_dir)
 
 
 def fit_local(
@@ -146,17 +145,31 @@ def _fit(cfg, model, device, train, val, on_epoch, pool) -> FitResult:
     )
 
 
-def log_epoch(epoch: int, m: dict[str, float], is_best: bool) -> None:
-    log.info(
-        "epoch %3d  loss %.4f  val emo %.4f int %.4f joint %.4f%s  (%.1fs)",
-        epoch + 1,
-        m["train_loss"],
-        m["val_emo"],
-        m["val_int"],
-        m["val_joint"],
-        "  *best" if is_best else "",
-        m["epoch_seconds"],
-    )
+class EpochLog:
+    """The console line of each epoch: `epoch k/N`, loss, validation scores, and an ETA for the
+    remaining epochs (the mean epoch time so far; early stopping may end sooner)."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.t0, self.start = epochs, time.time(), None
+
+    def __call__(self, epoch: int, m: dict[str, float], is_best: bool) -> None:
+        if self.start is None:  # a resumed run starts at its checkpoint's epoch
+            self.start = epoch
+        done = epoch + 1 - self.start
+        left = max(0, self.epochs - epoch - 1)
+        eta = (time.time() - self.t0) / done * left
+        log.info(
+            "epoch %d/%d  loss %.4f  val emo %.4f int %.4f joint %.4f%s  (%.1fs%s)",
+            epoch + 1,
+            self.epochs,
+            m["train_loss"],
+            m["val_emo"],
+            m["val_int"],
+            m["val_joint"],
+            "  *best" if is_best else "",
+            m["epoch_seconds"],
+            f", ETA {int(eta) // 60}:{int(eta) % 60:02d}" if left else "",
+        )
 
 
 def write_outputs(
@@ -228,6 +241,8 @@ def _run_local(cfg, extra_train, on_epoch, init_from) -> dict:
         len(val),
     )
 
+    log_epoch = EpochLog(cfg.train.epochs)
+
     def callback(epoch: int, m: dict[str, float], is_best: bool) -> None:
         log_epoch(epoch, m, is_best)
         if on_epoch:
@@ -237,7 +252,7 @@ def _run_local(cfg, extra_train, on_epoch, init_from) -> dict:
     if init_from is not None:
         seed_everything(cfg.seed)
         model = build_model(cfg)
-        model.load_state_dict(initial_weights(init_from))
+        checkpoint.load_into(model, initial_weights(init_from), Path(init_from) / checkpoint.WEIGHTS)
     pool = load_pool(cfg)
     if pool is not None:
         log.info("online consistency on %d unlabelled rows (EMA teacher)", len(pool))

@@ -26,6 +26,14 @@ SWEEP = REPO / "experiments" / "sweep_smoke.yaml"
 MODS = SMALL_MODS  # data.modalities=... for the small-dims worlds
 
 
+# the sweep these tests were built on (the ASHA dynamics below); sweep_smoke.yaml's own grid suits
+# its own, smaller world
+TEST_SPACE = (
+    "{pseudo.threshold: {grid: [0.5, 0.95]}, head_split: {keys: [model.heads_emo_to_int, "
+    "model.heads_int_to_emo], grid: [[4, 2], [1, 1]]}}"
+)
+
+
 def sweep_config(world: Path, out: Path, *overrides: str):
     """experiments/sweep_smoke.yaml pointed at a small-dims world."""
     return load_config(
@@ -52,6 +60,7 @@ def sweep(ray_cluster, small_world, tmp_path_factory):
         f"data.cache_dir={root / 'packed'}",
         "tracking.experiment=sweep-test",
         "tracking.register_model=meiju-sweep-test",
+        f"tune.search_space={TEST_SPACE}",
     )
     t0 = time.time()
     report = run_tune(cfg)
@@ -119,6 +128,12 @@ def test_sweep_outputs_trials_and_mlflow_runs(sweep):
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
             range(1, int(row["iterations"]) + 1)
         )
+        # the run's name says what it tried; its best epoch is a metric to sort by
+        thr = float(row["pseudo.threshold"])
+        heads = f"{row['model.heads_emo_to_int']}/{row['model.heads_int_to_emo']}"
+        assert run.info.run_name.startswith(f"threshold={thr:g} head_split={heads} [")
+        assert run.data.metrics["best_val_joint"] == pytest.approx(float(row["best_val_joint"]))
+        assert max(m.value for m in history) == pytest.approx(float(row["best_val_joint"]))
         assert run.data.tags["stopped_early"] == row["stopped_early"].lower()
     stages = {
         r.info.run_name: r
@@ -127,13 +142,25 @@ def test_sweep_outputs_trials_and_mlflow_runs(sweep):
     assert {"teacher", "pseudo_label"} <= set(stages)
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED"
+    # the parent shows what was swept, not the base values no trial used
+    assert parent_run.data.params["pseudo.threshold"].startswith("swept (pseudo.threshold): grid")
+    assert parent_run.data.params["model.heads_emo_to_int"].startswith("swept (head_split)")
+    assert parent_run.data.params["train.lr"] == str(cfg.train.lr)
+    teacher_curve = client.get_metric_history(stages["teacher"].info.run_id, "val_joint")
+    assert min(m.step for m in teacher_curve) == 1  # the same step convention as the trials
+    # the report judges its winner
+    assert report["runner_up_trial_id"] in by_trial and report["margin_over_runner_up"] >= 0
+    assert isinstance(report["warnings"], list)
     assert {"trials.csv", "best.yaml", "plots"} <= {a.path for a in client.list_artifacts(parent)}
     # the best trial's model is logged and registered, and loads back
     best_run = report["mlflow"]["best_run_id"]
     assert best_run == by_trial[report["best_trial_id"]].info.run_id
-    assert "model" in {a.path for a in client.list_artifacts(best_run)}
+    # ... as an MLflow model of the best trial's run (Logged models), registered with its alias
+    (output,) = client.get_run(best_run).outputs.model_outputs
+    assert client.get_logged_model(output.model_id).name == "model"
     reg = report["mlflow"]["registered_model"]
     assert reg["name"] == "meiju-sweep-test" and reg["version"] >= 1
+    assert reg["uri"] == "models:/meiju-sweep-test@champion"
     model_dir = download_model(
         reg["uri"], out.parent / "dl", tracking_uri=report["mlflow"]["tracking_uri"]
     )
