@@ -67,10 +67,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint(ref: str, tracking_uri: str | None = None) -> str:
+    """--checkpoint: a checkpoint directory as it is; an MLflow model (runs:/<id>/model,
+    models:/<name>/<version>, models:/<name>@<alias>, or a downloaded model directory) fetched to
+    a local directory (tracking.models.resolve_checkpoint; MLflow is imported only then)."""
+    if ":/" not in ref and not (Path(ref) / "MLmodel").is_file():
+        return ref
+    import os
+
+    from meiju_ray.tracking.models import resolve_checkpoint
+    from meiju_ray.tracking.tracker import default_uri
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri("runs/_")
+    return str(resolve_checkpoint(ref, uri))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from meiju_ray.train.inference import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, args.device)
+    ckpt = _checkpoint(args.checkpoint, args.tracking_uri)
+    result = evaluate_checkpoint(ckpt, args.data_root, args.split, args.device)
     print(
         f"{args.split}: n={result['n']}  emo {result['emo']:.4f}  int {result['int']:.4f}  "
         f"joint {result['joint']:.4f}"
@@ -83,7 +99,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from meiju_ray.train.inference import predict_checkpoint
 
-    path = predict_checkpoint(args.checkpoint, args.out, args.data_root, args.split, args.device)
+    ckpt = _checkpoint(args.checkpoint, args.tracking_uri)
+    path = predict_checkpoint(ckpt, args.out, args.data_root, args.split, args.device)
     print(path)
     return 0
 
@@ -98,7 +115,12 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
-    teacher = Path(args.checkpoint or Path(cfg.output_dir) / "checkpoint")
+    if args.checkpoint:  # a directory, runs:/... or models:/... (in the experiment's store)
+        from meiju_ray.tracking.tracker import resolve_uri
+
+        teacher = Path(_checkpoint(args.checkpoint, resolve_uri(cfg)))
+    else:
+        teacher = Path(cfg.output_dir) / "checkpoint"
     out = Path(args.out or Path(cfg.output_dir) / "pseudo_labels")
     info = run_pseudo_label(cfg, teacher, out)
     print(
@@ -465,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _experiment_args(p)
     p.add_argument(
-        "--checkpoint", default=None, help="teacher checkpoint (default <output_dir>/checkpoint)"
+        "--checkpoint",
+        default=None,
+        help="teacher: a checkpoint directory, runs:/<run_id>/model, models:/<name>/<version> or "
+        "models:/<name>@<alias> (default <output_dir>/checkpoint)",
     )
     p.add_argument(
         "--out", default=None, help="output directory (default <output_dir>/pseudo_labels)"
@@ -525,7 +550,16 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument(
-            "--checkpoint", required=True, help="a checkpoint directory (<output_dir>/checkpoint)"
+            "--checkpoint",
+            required=True,
+            help="a checkpoint directory (<output_dir>/checkpoint), runs:/<run_id>/model, "
+            "models:/<name>/<version> or models:/<name>@<alias>",
+        )
+        p.add_argument(
+            "--tracking-uri",
+            default=None,
+            help="MLflow store of a runs:/ or models:/ checkpoint (default: "
+            "$MLFLOW_TRACKING_URI, else runs/mlflow.db)",
         )
         p.add_argument(
             "--data-root",

@@ -302,8 +302,10 @@ class TrackingConfig:
     uri: Str = ""  # "" = sqlite:///<abs output_dir/..>/mlflow.db; or http://...
     experiment: Str = "meiju_ray"
     run_name: Str = ""
-    register_model: Str = ""  # sweeps: register the best trial's model under this name
-    #                                  ("" = don't)
+    register_model: Str = ""  # register the pipeline's final model (and a sweep's best) in
+    #                                  the MLflow model registry under this name ("" = don't)
+    model_alias: Str = "champion"  # the alias moved to each new registered version, so
+    #                                  models:/<name>@champion is the latest ("" = none)
 
 
 @_section
@@ -556,8 +558,8 @@ ROOT_ENV = "MEIJU_RAY_ROOT"  # base for relative paths when the CWD is not the p
 
 def anchor_paths(cfg: ExperimentConfig, base: str | os.PathLike) -> ExperimentConfig:
     """A copy with relative output_dir, data.root, tune.teacher_checkpoint, tune.storage and a
-    sqlite tracking.uri made absolute against `base`. Paths inside data.* stay relative to
-    data.root, as always.
+    sqlite tracking.uri made absolute against `base` (URIs such as runs:/... or models:/... stay
+    as they are). Paths inside data.* stay relative to data.root, as always.
 
     load_config applies it with $MEIJU_RAY_ROOT when that is set: a `ray job submit` job runs in
     a temp copy of the working dir, where relative outputs (and a relative sqlite store) would be
@@ -566,7 +568,7 @@ def anchor_paths(cfg: ExperimentConfig, base: str | os.PathLike) -> ExperimentCo
     base = Path(os.path.abspath(os.path.expanduser(str(base))))
 
     def anchor(value: str) -> str:
-        relative = value and not os.path.isabs(os.path.expanduser(value))
+        relative = value and not os.path.isabs(os.path.expanduser(value)) and ":/" not in value
         return str(base / value) if relative else value
 
     uri = cfg.tracking.uri.strip()

@@ -25,6 +25,7 @@ from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
 from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
+from meiju_ray.tracking.models import register
 from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri, summary_metrics
 from meiju_ray.train import checkpoint
 from meiju_ray.train.consistency import teacher_config
@@ -49,14 +50,22 @@ def _train_stage(
         tracker.log_config(stage)
 
         def on_epoch(epoch: int, metrics: dict, is_best: bool) -> None:
-            tracker.log_metrics(metrics, step=epoch)
+            tracker.log_epoch(epoch, metrics)
 
         metrics = run_train(stage, extra_train=extra, on_epoch=on_epoch, init_from=init_from)
         ckpt = Path(stage.output_dir) / "checkpoint"
         _score_stage(cfg, tracker, name, ckpt, metrics)
         tracker.log_artifact(Path(stage.output_dir) / "metrics.json")
-        tracker.log_model(ckpt)
+        _logged_model(tracker, ckpt, metrics)
     return metrics
+
+
+def _logged_model(tracker: Tracker, ckpt: Path, metrics: dict) -> None:
+    """The stage's checkpoint as an MLflow model of its run (runs:/<run>/model); its ids are kept
+    in `metrics` (in memory) for the registry."""
+    info = tracker.log_model(ckpt)
+    if info is not None:
+        metrics["_mlflow_model"] = {"model_id": info.model_id, "run_id": tracker.run_id}
 
 
 def _score_stage(
@@ -106,6 +115,7 @@ def _ensemble_stage(cfg: ExperimentConfig, tracker: Tracker, n: int) -> dict:
             tracker.log_metrics({f"member{k}_val_joint": m["joint"]})
         write_json_atomic(Path(ckpt).parent / "metrics.json", metrics)
         tracker.log_artifact(Path(ckpt).parent / "metrics.json")
+        _logged_model(tracker, ckpt, metrics)
     return metrics
 
 
@@ -237,6 +247,15 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
             current_ckpt, out / "submission.csv", split=cfg.data.test_split
         )
         lap("predict", t)
+        final, registered = student.get("_mlflow_model"), None
+        if final and cfg.tracking.register_model:  # the final model, in the registry
+            registered = register(
+                tracker.client,
+                cfg.tracking.register_model,
+                final["model_id"],
+                final["run_id"],
+                cfg.tracking.model_alias,
+            )
         metrics = {
             "teacher": {k: teacher[k] for k in SCORES}
             | {k: teacher[k] for k in ("ensemble_of", "members") if k in teacher},
@@ -262,7 +281,12 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
             "mlflow": {
                 "tracking_uri": tracker.uri,
                 "experiment": cfg.tracking.experiment,
+                "experiment_id": tracker.client.get_run(parent_id).info.experiment_id
+                if parent_id
+                else None,
                 "parent_run_id": parent_id,
+                "final_model": f"runs:/{final['run_id']}/model" if final else None,
+                "registered_model": registered,
             },
             "seconds": round(time.time() - t0, 1),
             "stage_seconds": stage_seconds,

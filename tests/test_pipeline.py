@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from meiju_ray.data.layout import DataError
+from meiju_ray.data.packing import load_split
 from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
 from meiju_ray.pipeline import run_pipeline
@@ -236,6 +238,7 @@ def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_p
         f"data.cache_dir={tmp_path / 'packed'}",
         "pseudo.threshold=0.5",
         "tracking.experiment=pipe-test",
+        "tracking.register_model=pipe-model",
     )
     metrics = run_pipeline(cfg)
     saved = json.loads((out / "metrics.json").read_text())
@@ -261,7 +264,11 @@ def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_p
     assert len(client.get_metric_history(runs["student_r1"].info.run_id, "val_joint")) == 6
     assert runs["pseudo_r1"].data.metrics["n_selected"] == saved["n_pseudo"]
     artifacts = {a.path for a in client.list_artifacts(runs["teacher"].info.run_id)}
-    assert {"config.yaml", "confusion_emotion.png", "confusion_intent.png", "model"} <= artifacts
+    assert {"config.yaml", "confusion_emotion.png", "confusion_intent.png"} <= artifacts
+    # every trained stage is an MLflow model of its run (Logged models: runs:/<run>/model)
+    for name in ("teacher", "student_r1"):
+        (output,) = client.get_run(runs[name].info.run_id).outputs.model_outputs
+        assert client.get_logged_model(output.model_id).name == "model"
     assert "summary.json" in {a.path for a in client.list_artifacts(runs["pseudo_r1"].info.run_id)}
     assert "submission.csv" in {a.path for a in client.list_artifacts(parent)}
     assert client.get_run(parent).data.metrics["student_joint"] == pytest.approx(
@@ -278,6 +285,18 @@ def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_p
     )
     model, loaded_cfg, _ = checkpoint.load(model_dir)
     assert loaded_cfg.model.hidden == cfg.model.hidden
+    # the final model is registered, its alias names it, and pyfunc predicts the test split
+    import mlflow
+
+    reg = saved["mlflow"]["registered_model"]
+    assert reg["uri"] == "models:/pipe-model@champion" and reg["version"] == 1
+    assert saved["mlflow"]["final_model"] == f"runs:/{runs['student_r1'].info.run_id}/model"
+    test = load_split(loaded_cfg.data, cfg.data.test_split)
+    frame = {"id": test.ids} | {
+        m: [test.frames(m, i) for i in range(len(test))] for m in test.values
+    }
+    served = mlflow.pyfunc.load_model(reg["uri"]).predict(pd.DataFrame(frame))
+    assert [[r.id, r.emotion, r.intent] for r in served.itertuples()] == rows[1:]
 
 
 def test_pipeline_fails_fast_on_unreachable_tracking_server(ray_cluster, tiny_world, tmp_path):
