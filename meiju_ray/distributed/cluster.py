@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from meiju_ray.config import RayConfig
 
@@ -33,6 +34,32 @@ def apply_env_defaults() -> None:
     late setting leaves a token-checking GCS and a driver that sends no token."""
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def settle_after_interrupt(timeout: float = 60.0) -> None:
+    """After a Ctrl-C: wait for Ray Data's executor threads, told to stop when the interrupted
+    iteration unwound, to finish. One still running when the interpreter's exit shuts Ray down
+    touches the shut-down core worker, and Ray then ends the process with status 1 instead of
+    the 130 of an interrupt. `timeout` only bounds a thread that never stops."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("StreamingExecutor-") and thread is not threading.main_thread():
+            thread.join(timeout)
+
+
+def quiet_ray_data(quiet: bool) -> None:
+    """Ray Data's progress: its own bars on a TTY (a periodic log line otherwise), none when quiet;
+    and none of its advice a CLI user cannot follow (`set DataContext...` lines)."""
+    import ray.data
+    from ray.util.debug import log_once
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = not quiet
+    # "Progress bars disabled. To enable, set `ray.data.DataContext...`": Ray logs it once per
+    # process under this key; taking the key first keeps it quiet
+    log_once("ray_data_progress_manager_disabled")
+    # its issue detectors report "Found 1 issues. To disable issue detection, run DataContext..."
+    # for long-running inference batches, which are normal here
+    ctx.issue_detectors_config.detectors = []
 
 
 # CPUs an actor pool must leave free for Ray Data's own tasks (see check_cpu_budget)
@@ -82,7 +109,7 @@ def init_ray(cfg: RayConfig, address: str | None = None, quiet: bool = True) -> 
     protect_token_file()
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    quiet_ray_data(quiet)
     log.info("started a local Ray cluster with %d CPUs", num_cpus)
     return "local"
 
