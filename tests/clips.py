@@ -201,3 +201,50 @@ def tiny_whisper(out: Path) -> Path:
         feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer
     ).save_pretrained(out)
     return out
+
+
+BERT_VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "i",
+    "love",
+    "this",
+    "kitchen",
+    "you",
+    "please",
+    "pass",
+    "the",
+    "salt",
+    "what",
+    "a",
+    "day",
+    "thank",
+    "so",
+    "much",
+    ".",
+    "?",
+]
+
+
+def tiny_bert(out: Path) -> Path:
+    """A random 4-layer BERT with a 22-word WordPiece vocabulary (the text extractor's model)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(BERT_VOCAB) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(str(out)).save_pretrained(str(out))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(BERT_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(out)
+    return out

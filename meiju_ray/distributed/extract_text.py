@@ -31,6 +31,7 @@ from meiju_ray.features.text import TextFeatureConfig, default_folder
 
 # re-exported for the CLI
 from meiju_ray.features.transcripts import read_transcripts, write_transcripts  # noqa: F401
+from meiju_ray.fileio import atomic_file
 
 log = logging.getLogger("meiju_ray")
 
@@ -125,7 +126,8 @@ def extract_features(
                 made.add(base)
             frames = packed.frames("L", i)
             empty += int(frames.shape[0] == 1 and not frames.any())
-            np.save(base / f"{utt}.npy", frames)
+            with atomic_file(base / f"{utt}.npy", "wb") as fh:  # never half a file (resume)
+                np.save(fh, frames)
         written += len(packed.ids)
         total_frames += int(lens.sum())
         if shards_dir is not None:

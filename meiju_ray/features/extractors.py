@@ -94,3 +94,22 @@ def check_model_available(name: str, what: str) -> None:
             f"{what} {name!r}: not a local directory and not in the HF cache (offline; "
             "HF_HUB_OFFLINE=0 lets it download, or pass a save_pretrained directory)"
         )
+
+
+def run_in_process(
+    kind: str,
+    cfg: dict,
+    items: list[tuple[str, str]],
+    sink: Callable[[list[MediaResult]], None],
+    batch_size: int = 4,
+) -> dict:
+    """A `features.release.MediaJob` without Ray: one extractor in this process, videos in order
+    (for debugging a single file, and the inner ring's tests). The CLI runs the Ray Data job."""
+    import time
+
+    t0 = time.time()
+    ex = build_extractor(kind, cfg)
+    for start in range(0, len(items), batch_size):
+        sink([extract_one(ex, u, p) for u, p in items[start : start + batch_size]])
+    seconds = time.time() - t0
+    return {"videos": len(items), "seconds": round(seconds, 1), "actors": 0}
