@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -43,6 +44,17 @@ __all__ = ["ConfigError"]  # re-exported: callers catch config.ConfigError
 
 def _whole_float_to_int(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device_name(device: str) -> str:
+    """A device the training code runs on (torch knows more names, e.g. xla, that it does not);
+    ValueError otherwise."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"unknown device {device!r} (use {DEVICE_NAMES})")
+    return device
 
 
 def _reject_bool(value: Any) -> Any:
@@ -184,7 +196,7 @@ class TrainConfig:
     betas: Annotated[list[Float], Field(min_length=2, max_length=2)] = field(
         default_factory=lambda: [0.9, 0.999]
     )
-    weight_decay: Float = 1e-4
+    weight_decay: NonNegativeFloat = 1e-4
     schedule: Literal["constant", "linear", "cosine"] = "cosine"  # linear (baseline): constant,
     #                                  then linear decay
     constant_epochs: Int = 0  # epochs at full LR before the decay (baseline niter)
@@ -192,10 +204,16 @@ class TrainConfig:
     patience: NonNegativeInt = 8  # early stopping on validation joint; 0 = off
     bucket_by_length: Bool = True  # group similar lengths so little is spent on padding
     device: Str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: Int = 0  # torch threads per process; 0 = cores / processes on this node
+    num_threads: NonNegativeInt = 0  # torch threads per process; 0 = cores / processes on this node
     amp: Bool = False  # autocast on cuda
     # 1: weighted F1 per task; 2: micro F1 (a bare Literal[1, 2] would take True as 1)
     track: Annotated[Literal[1, 2], BeforeValidator(_reject_bool)] = 1
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        check_device_name(device)
+        return device
 
 
 @_section
@@ -501,8 +519,37 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"override {text!r}: the value of '{key}' is not valid YAML ({yaml_problem(exc)})"
+        ) from None
     return key, value
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is {}); ConfigError naming the
+    file otherwise."""
+    p = Path(path)
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, not {type(loaded).__name__}")
+    return loaded
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -532,13 +579,7 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"experiment file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        tree = loaded
+        tree = read_yaml_mapping(p)
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(tree, key, value)

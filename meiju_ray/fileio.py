@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,13 +57,50 @@ def replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+HOST = socket.gethostname()
+# .<target>.tmp-<pid>[@<host>]: an atomic_dir temp dir (no host: written before hosts were named)
+_TEMP_DIR = re.compile(r"\.(?P<target>.+)\.tmp-(?P<pid>\d+)(?:@(?P<host>.+))?")
+
+
+def pid_alive(pid: int) -> bool:
+    """Is `pid` a live process on this host (a zombie counts: its parent has not reaped it)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(parent: str | os.PathLike, target_pattern: str = ".+") -> list[Path]:
+    """Delete the temp dirs atomic_dir left in `parent` for targets matching `target_pattern`
+    when its process was killed (SIGKILL, OOM, power loss): those whose pid is not alive here.
+    A live process's temp dir (a write in progress), or one from another host (a shared disk),
+    is never touched. Returns the removed paths."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    removed = []
+    for entry in parent.iterdir():
+        m = _TEMP_DIR.fullmatch(entry.name)
+        if not m or not re.fullmatch(target_pattern, m["target"]) or not entry.is_dir():
+            continue
+        if m["host"] not in (None, HOST) or pid_alive(int(m["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp dir beside `target`; on success it replaces `target`, on any error it is
     removed, so `target` is either the old complete directory or the new complete one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}@{HOST}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

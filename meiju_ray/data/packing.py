@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from meiju_ray.config import DataConfig, ModalityConfig
+from meiju_ray.config import ConfigError, DataConfig, ModalityConfig
 from meiju_ray.data.layout import (
     DataError,
     SplitList,
@@ -33,10 +36,13 @@ from meiju_ray.data.layout import (
     resolve,
     split_list,
 )
-from meiju_ray.fileio import atomic_dir
+from meiju_ray.fileio import atomic_dir, remove_stale_temp_dirs
 
+log = logging.getLogger("meiju_ray")
 MANIFEST = "manifest.json"
 PACK_VERSION = 1
+DEFAULT_CACHE = ".meiju_packed"  # under data.root, unless data.cache_dir is set
+PACK_NAME = r".+-[0-9a-f]{16}"  # <split>-<fingerprint>: the names pack_split writes
 
 
 @dataclass
@@ -132,7 +138,69 @@ class PackedSplit:
 
 
 def cache_root(cfg: DataConfig) -> Path:
-    return resolve(cfg.root, cfg.cache_dir) if cfg.cache_dir else Path(cfg.root) / ".meiju_packed"
+    """Where packed shards go: data.cache_dir (relative to data.root), else <root>/.meiju_packed;
+    when the data root is read-only (the normal case for release data) a folder of the user's
+    cache instead, one per data root (`user_cache_root`)."""
+    if cfg.cache_dir:
+        return resolve(cfg.root, cfg.cache_dir)
+    beside = Path(cfg.root) / DEFAULT_CACHE
+    if _may_write(beside if beside.exists() else Path(cfg.root)):
+        return beside
+    return user_cache_root(cfg.root)
+
+
+def user_cache_root(data_root: str | os.PathLike) -> Path:
+    """$XDG_CACHE_HOME (default ~/.cache)/meiju_ray/packed/<root name>-<hash of its real path>:
+    two data roots never share a folder, so packing one never drops the other's packs."""
+    real = os.path.realpath(data_root)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(real.encode()).hexdigest()[:12]
+    return base / "meiju_ray" / "packed" / f"{Path(real).name}-{digest}"
+
+
+def _may_write(directory: Path) -> bool:
+    return directory.is_dir() and os.access(directory, os.W_OK | os.X_OK)
+
+
+_told_fallback: set[Path] = set()  # data roots whose cache move was already logged
+
+
+def writable_cache_root(cfg: DataConfig) -> Path:
+    """cache_root(cfg), created and proven writable before a pack starts; a one-line ConfigError
+    naming data.cache_dir otherwise (a path under a file, a read-only disk)."""
+    root = cache_root(cfg)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = _not_writable_because(root, exc)
+        if cfg.cache_dir:
+            raise ConfigError(
+                f"config key 'data.cache_dir': cannot write packed shards to {root} ({why}); "
+                "set data.cache_dir to a writable directory"
+            ) from None
+        raise ConfigError(
+            f"the data root {cfg.root} is read-only and the user cache {root} is not writable "
+            f"either ({why}); set data.cache_dir to a writable directory for the packed shards"
+        ) from None
+    if not cfg.cache_dir and root != Path(cfg.root) / DEFAULT_CACHE and root not in _told_fallback:
+        _told_fallback.add(root)
+        log.info(
+            "data root %s is read-only: packed shards go to %s (set data.cache_dir to choose "
+            "another place; on a multi-node cluster, a path every node mounts)",
+            cfg.root,
+            root,
+        )
+    return root
+
+
+def _not_writable_because(path: Path, exc: OSError) -> str:
+    for up in (path, *path.parents):
+        if up.exists() and not up.is_dir():
+            return f"{up} is a file, not a directory"
+    return exc.strerror or str(exc)
 
 
 def fingerprint(cfg: DataConfig, split: SplitList) -> str:
@@ -216,8 +284,9 @@ def write_shards(tables: Iterable[pa.Table], out_dir: Path, manifest: dict) -> P
                 tmp / f"part-{i:05d}.parquet",
                 compression="none",
                 use_dictionary=False,
-                row_group_size=256,
-            )  # readers stream 256 rows at a time, not a whole shard
+                row_group_size=256,  # readers stream 256 rows at a time, not a whole shard
+                write_page_checksum=True,  # a damaged cached shard is found on read, never used
+            )
             rows += table.num_rows
         manifest = {**manifest, "rows": rows, "version": PACK_VERSION}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -253,6 +322,11 @@ def pack_split(
     listing = split_list(cfg, split)
     key = fingerprint(cfg, listing)
     out = cache_root(cfg) / f"{split}-{key}"
+    removed = remove_stale_temp_dirs(out.parent, PACK_NAME)
+    if removed and progress:
+        progress(
+            f"removed {len(removed)} temp dir(s) of killed packs: {', '.join(map(str, removed))}"
+        )
     if (out / MANIFEST).is_file() and not force:
         if cache_is_intact(out):
             return out
@@ -261,6 +335,7 @@ def pack_split(
                 f"{out}: the cached shards do not match their manifest (a file missing or "
                 "truncated); packing again"
             )
+    writable_cache_root(cfg)
     manifest = {
         "split": split,
         "fingerprint": key,
@@ -331,11 +406,37 @@ def table_to_packed(table: pa.Table, modalities: list[ModalityConfig]) -> Packed
     )
 
 
+class CorruptShard(DataError):
+    """A packed shard cannot be read back (damaged data pages, a bad checksum)."""
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One packed shard, its page checksums verified; CorruptShard naming it when unreadable."""
+    try:
+        return pq.read_table(
+            path, columns=columns, memory_map=True, page_checksum_verification=True
+        )
+    except (OSError, pa.ArrowException) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptShard(f"{path}: unreadable packed shard ({why})") from None
+
+
+def corrupt_shards(packed_dir: Path) -> list[Path]:
+    """The shards of a packed split that cannot be read back in full (reads every one)."""
+    bad = []
+    for f in shard_files(packed_dir):
+        try:
+            read_shard(f)
+        except CorruptShard:
+            bad.append(f)
+    return bad
+
+
 def load_packed(packed_dir: Path, modalities: list[ModalityConfig]) -> PackedSplit:
     files = shard_files(packed_dir)
     cols = packed_columns(modalities)
     table = (
-        pa.concat_tables([pq.read_table(f, columns=cols, memory_map=True) for f in files])
+        pa.concat_tables([read_shard(f, cols) for f in files])
         if files
         else schema(modalities).empty_table()
     )
@@ -345,8 +446,14 @@ def load_packed(packed_dir: Path, modalities: list[ModalityConfig]) -> PackedSpl
 def load_split(
     cfg: DataConfig, split: str, progress: Callable[[str], None] | None = None
 ) -> PackedSplit:
-    """Pack if needed (cached), then load into memory."""
-    return load_packed(pack_split(cfg, split, progress), cfg.modalities)
+    """Pack if needed (cached), then load into memory. A cached shard that cannot be read back is
+    packed again (once), with a log line saying so."""
+    packed = pack_split(cfg, split, progress)
+    try:
+        return load_packed(packed, cfg.modalities)
+    except CorruptShard as exc:
+        log.warning("%s; packing %s again", exc, split)
+    return load_packed(pack_split(cfg, split, progress, force=True), cfg.modalities)
 
 
 def with_withheld_labels(split: PackedSplit, truth_path: Path, cfg: DataConfig) -> PackedSplit:

@@ -27,7 +27,7 @@ import numpy as np
 
 from meiju_ray.config import ExperimentConfig
 from meiju_ray.data.layout import UNLABELED
-from meiju_ray.data.packing import pack_split
+from meiju_ray.data.packing import corrupt_shards, pack_split
 from meiju_ray.distributed.cluster import (
     RESERVED_CPUS,
     attached_to_cluster,
@@ -153,7 +153,19 @@ def run_pseudo_label(
             n_rows,
             cfg.pseudo.actors or "auto",
         )
-    ids, emo_probs, int_probs = infer_pool(cfg, teacher_dir, packed, engine)
+    try:
+        ids, emo_probs, int_probs = infer_pool(cfg, teacher_dir, packed, engine)
+    except Exception:
+        damaged = corrupt_shards(packed)  # read in full only after a failure
+        if not damaged:
+            raise
+        log.warning(
+            "%d cached pool shard(s) cannot be read back (e.g. %s); packing the pool again",
+            len(damaged),
+            damaged[0],
+        )
+        packed = pack_split(cfg.data, UNLABELED, lambda msg: log.info(msg), force=True)
+        ids, emo_probs, int_probs = infer_pool(cfg, teacher_dir, packed, engine)
     t_infer = time.time() - t0
     info = select_and_write(
         cfg,

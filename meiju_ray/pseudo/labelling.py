@@ -84,9 +84,9 @@ class TeacherPredictor:
         parts = []
         for path, limit in zip(items["path"], items["rows"]):
             left = int(limit)
-            shard = pq.ParquetFile(
-                str(path), memory_map=True
-            )  # mapped: ~1.5x faster reads than buffered
+            shard = pq.ParquetFile(  # mapped: ~1.5x faster reads than buffered
+                str(path), memory_map=True, page_checksum_verification=True
+            )
             for batch in shard.iter_batches(batch_size=self.batch_size, columns=self.columns):
                 if left <= 0:
                     break

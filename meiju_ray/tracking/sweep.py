@@ -22,6 +22,7 @@ from meiju_ray.sweep.space import (
     expand_params,
     trial_config,
 )
+from meiju_ray.tracking.tracker import end_interrupted_runs
 
 log = logging.getLogger("meiju_ray")
 
@@ -91,15 +92,6 @@ class TrialRuns(MLflowLoggerCallback):
         )
         super().log_trial_end(trial, failed)
         del self._trial_runs[trial]
-
-
-def end_interrupted_runs(client, experiment_id: str, parent_run_id: str) -> None:
-    """Trial runs of a sweep that are still RUNNING (their trials were interrupted) end as
-    KILLED."""
-    for run in client.search_runs(
-        [experiment_id], f"tags.sweep_parent = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    ):
-        client.set_terminated(run.info.run_id, "KILLED")
 
 
 @contextmanager

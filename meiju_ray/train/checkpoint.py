@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from meiju_ray.config import ConfigError, ExperimentConfig, to_yaml
+from meiju_ray.config import ConfigError, ExperimentConfig, read_yaml_mapping, to_yaml
 from meiju_ray.fileio import atomic_dir
 from meiju_ray.model.network import JointModel, build_model
 
@@ -65,12 +64,80 @@ def save_ensemble(directory: str | os.PathLike, members: list[Path]) -> Path:
     return directory
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not fit its model. The message names the file."""
+
+
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON file (meta.json, ensemble.json) as a dict; CheckpointError naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_meta(directory: Path) -> dict:
+    return read_json(directory / META) if (directory / META).is_file() else {}
+
+
 def ensemble_members(directory: str | os.PathLike) -> list[Path] | None:
     """The member checkpoint dirs of an ensemble checkpoint; None for a single model."""
     d = Path(directory)
     if not (d / ENSEMBLE).is_file():
         return None
-    return [(d / m).resolve() for m in json.loads((d / ENSEMBLE).read_text())["members"]]
+    members = read_json(d / ENSEMBLE).get("members")
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise CheckpointError(f'{d / ENSEMBLE}: expected {{"members": [checkpoint dirs]}}')
+    return [(d / m).resolve() for m in members]
+
+
+def load_weights(directory: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """The state_dict in <directory>/model.pt, read with weights_only=True (tensors only, never
+    arbitrary pickled objects); CheckpointError naming the file when it cannot be read. Torch's own
+    message is not passed on: for some files it suggests weights_only=False, which would run
+    whatever code the file holds."""
+    path = Path(directory) / WEIGHTS
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); train again or copy it again")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception:  # corrupt / truncated / foreign files raise many different types
+        raise CheckpointError(
+            f"{path}: not a readable weights file (corrupt, truncated, or not a tensor state_dict "
+            "saved by meiju-ray); train again or copy it again"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a tensor state_dict")
+    return state
+
+
+def load_into(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """model.load_state_dict, with a one-line CheckpointError when the weights belong to another
+    architecture (other keys or shapes than the config.yaml beside them describes)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(keys)} {what} (e.g. {keys[0]!r})"
+            for keys, what in (
+                (missing, "missing keys"),
+                (unexpected, "unexpected keys"),
+                (shapes, "tensors of another shape"),
+            )
+            if keys
+        ]
+        raise CheckpointError(
+            f"{path}: the weights are of another architecture than {path.parent / CONFIG} "
+            f"describes: {', '.join(parts)}"
+        )
+    model.load_state_dict(state)
 
 
 class EnsembleModel(torch.nn.Module):
@@ -99,8 +166,11 @@ def load_config_from(directory: str | os.PathLike) -> ExperimentConfig:
         raise FileNotFoundError(
             f"not a checkpoint directory (needs {WEIGHTS} or {ENSEMBLE}, and {CONFIG}): {d}"
         )
+    tree = read_yaml_mapping(d / CONFIG)
+    if not tree:
+        raise ConfigError(f"{d / CONFIG}: empty; a checkpoint's config.yaml holds its whole config")
     try:
-        return ExperimentConfig.from_dict(yaml.safe_load((d / CONFIG).read_text()))
+        return ExperimentConfig.from_dict(tree)
     except ConfigError as exc:
         raise ConfigError(f"{d / CONFIG}: {exc}") from None
 
@@ -114,10 +184,8 @@ def load(
     members = ensemble_members(d)
     if members is not None:
         models = [load(m, device)[0] for m in members]
-        meta = json.loads((d / META).read_text()) if (d / META).is_file() else {}
-        return EnsembleModel(models).to(device).eval(), load_config_from(d), meta
+        return EnsembleModel(models).to(device).eval(), load_config_from(d), read_meta(d)
     cfg = load_config_from(d)
     model = build_model(cfg)
-    model.load_state_dict(torch.load(d / WEIGHTS, map_location=device, weights_only=True))
-    meta = json.loads((d / META).read_text()) if (d / META).is_file() else {}
-    return model.to(device).eval(), cfg, meta
+    load_into(model, load_weights(d, device), d / WEIGHTS)
+    return model.to(device).eval(), cfg, read_meta(d)

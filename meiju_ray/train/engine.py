@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from meiju_ray.config import AugmentConfig, ConsistencyConfig, LossConfig, TrainConfig
+from meiju_ray.config import (
+    AugmentConfig,
+    ConsistencyConfig,
+    LossConfig,
+    TrainConfig,
+    check_device_name,
+)
 from meiju_ray.data.batching import Batch, to_device
 from meiju_ray.model.losses import joint_loss
 from meiju_ray.train import consistency as cons
@@ -37,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda if available else cpu; anything else as given (errors if cuda is absent)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = torch.device(check_device_name(name))  # a clear ValueError, e.g. for --device tpu
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but no CUDA device is available here")
     return device
@@ -48,6 +54,8 @@ def set_threads(num_threads: int, processes: int = 1) -> int:
 
     Two processes each using all cores made one LSTM forward 50x slower on a 2-core machine.
     """
+    if num_threads < 0:
+        raise ValueError(f"train.num_threads={num_threads}: expected >= 0 (0 = automatic)")
     n = num_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
     torch.set_num_threads(n)
     return n

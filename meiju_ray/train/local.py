@@ -252,7 +252,8 @@ def _run_local(cfg, extra_train, on_epoch, init_from) -> dict:
     if init_from is not None:
         seed_everything(cfg.seed)
         model = build_model(cfg)
-        checkpoint.load_into(model, initial_weights(init_from), Path(init_from) / checkpoint.WEIGHTS)
+        weights = initial_weights(init_from)
+        checkpoint.load_into(model, weights, Path(init_from) / checkpoint.WEIGHTS)
     pool = load_pool(cfg)
     if pool is not None:
         log.info("online consistency on %d unlabelled rows (EMA teacher)", len(pool))
