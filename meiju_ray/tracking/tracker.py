@@ -331,6 +331,36 @@ class Tracker:
         return log_checkpoint_model(checkpoint_dir, run_id or self._target(), artifact_path)
 
 
+def end_interrupted_runs(client, experiment_id: str, parent_run_id: str) -> list[str]:
+    """Runs nested under `parent_run_id` (a pipeline's stage runs, a sweep's trial runs, and
+    theirs) that are still RUNNING although the process that ran them is gone end as KILLED;
+    returns their ids."""
+    ended = []
+    for run in client.search_runs(
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    ):
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended += [run.info.run_id, *end_interrupted_runs(client, experiment_id, run.info.run_id)]
+    return ended
+
+
+def end_killed_run(client, run_id: str) -> list[str]:
+    """A run whose process was killed (SIGKILL, OOM, a lost node) before it could end it: it and
+    its RUNNING nested runs end as KILLED. Returns the ids ended (none when it had ended)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:  # deleted, or another store
+        return []
+    ended = end_interrupted_runs(client, run.info.experiment_id, run_id)
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+        ended.insert(0, run_id)
+    return ended
+
+
 def download_model(model_uri: str, dst: str | os.PathLike, tracking_uri: str | None = None) -> str:
     """runs:/<run_id>/model or models:/... (or a local directory) -> a directory checkpoint.load()
     reads (the checkpoint inside the MLflow model).
