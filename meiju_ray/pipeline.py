@@ -31,7 +31,6 @@ from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
 from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
-from meiju_ray.tracking.models import register
 from meiju_ray.tracking.tracker import (
     Tracker,
     check_reachable,
@@ -359,6 +358,8 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
         lap("predict", t)
         final, registered = student.get("_mlflow_model"), None
         if final and cfg.tracking.register_model:  # the final model, in the registry
+            from meiju_ray.tracking.models import register  # imports MLflow
+
             registered = register(
                 tracker.client,
                 cfg.tracking.register_model,

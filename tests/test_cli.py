@@ -29,6 +29,7 @@ def train_args(root: Path, out: Path, *extra: str) -> list[str]:
         f"output_dir={out}",
         f"data.modalities={MODS}",
         f"data.cache_dir={out.parent / 'packed'}",
+        "tracking.enabled=false",  # MLflow logging is tested in tests/tracking/test_standalone.py
         *extra,
     ]
 

@@ -1,14 +1,20 @@
 """The package's two rings, enforced by folder, and no import cycles.
 
-Inner ring: every module outside `distributed/`, `tracking/`, `pipeline.py` and `cli.py`. It must
-never import Ray or MLflow, directly or through another package module, at module level or inside
-a function. The check reads the source (ast), so it sees imports that only run when a function is
-called; there is no hand-kept list of modules.
+Inner ring: every module outside `distributed/`, `tracking/`, `pipeline.py`, `cli.py` and
+`api.py`. It must never import Ray or MLflow, directly or through another package module, at module
+level or inside a function. The check reads the source (ast), so it sees imports that only run when
+a function is called; there is no hand-kept list of modules.
+
+The package's own `__init__` is the front door of both rings: its entry points load `api` on first
+use. It is checked at run time instead: `import meiju_ray` (and `dir()`) loads no Ray, MLflow or
+torch. An inner module that imported the package itself would still be caught (the chain runs on
+through `__init__` into `api`).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +23,7 @@ import meiju_ray
 
 PACKAGE = Path(meiju_ray.__file__).resolve().parent
 OUTER_DIRS = ("distributed", "tracking")
-OUTER_MODULES = ("pipeline", "cli")
+OUTER_MODULES = ("pipeline", "cli", "api")
 FORBIDDEN = ("ray", "mlflow")
 
 
@@ -33,8 +39,11 @@ def package_modules(package: Path) -> dict[str, Path]:
 
 
 def is_outer(name: str, root: str) -> bool:
+    """Outer-ring modules, and the package's `__init__` (the front door: lazy entry points)."""
     rest = name.split(".")[1:]
-    return bool(rest) and (rest[0] in OUTER_DIRS or (len(rest) == 1 and rest[0] in OUTER_MODULES))
+    if not rest:
+        return True
+    return rest[0] in OUTER_DIRS or (len(rest) == 1 and rest[0] in OUTER_MODULES)
 
 
 def imports_of(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
@@ -187,6 +196,26 @@ def test_importing_the_inner_ring_loads_no_ray_or_mlflow():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_importing_the_package_is_cheap():
+    """`import meiju_ray` and listing its entry points load no Ray, MLflow or torch; the entry
+    points named like submodules still reach those submodules' attributes."""
+    code = (
+        "import json, sys\n"
+        "import meiju_ray\n"
+        "names = dir(meiju_ray)\n"
+        "assert callable(meiju_ray.train) and callable(meiju_ray.pipeline), names\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'torch'))\n"
+        "import meiju_ray.train.checkpoint as ck\n"
+        "assert meiju_ray.train.checkpoint is ck and ck.__name__ == 'meiju_ray.train.checkpoint'\n"
+        "print(json.dumps([names, loaded]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"train", "pipeline", "tune", "evaluate", "predict", "load_config"} <= set(names)
+    assert loaded == []
 
 
 # ---- controls: the checkers do report what they look for ---------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from meiju_ray.config import ConfigError, ExperimentConfig, flatten, to_yaml
+from meiju_ray.tracking.provenance import source_tags
 
 SQLITE = "sqlite:///"
 MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -186,7 +187,8 @@ class Tracker:
             experiment_id=self._experiment_id(),
             run_name=name or self.cfg.tracking.run_name or None,
             nested=nested,
-            tags={k: str(v) for k, v in (tags or {}).items()},
+            # the code's git commit (when it runs from a checkout), then the caller's tags
+            tags=source_tags() | {k: str(v) for k, v in (tags or {}).items()},
         )
         run_id = active.info.run_id
         self._runs.append(run_id)
