@@ -25,6 +25,10 @@ RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Tune's advice on slow result processing and state snapshots (read when ray.tune is
+    # imported): about its own bookkeeping on a busy machine, nothing a sweep's user can act on
+    "TUNE_WARN_THRESHOLD_S": "60",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 

@@ -450,10 +450,6 @@ def run_tune(cfg: ExperimentConfig, resume: bool = False, address: str | None = 
         # CSV + JSON loggers explicitly (Tune's results read them); no TensorBoard logger, whose
         # "tensorboard --logdir /tmp/ray/session_..." hint points into a temporary directory
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-        # Tune's advice on slow result processing and state snapshots: about its own bookkeeping
-        # on a busy machine, not something the sweep's user can act on
-        os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "60")
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         callbacks = [CSVLoggerCallback(), JsonLoggerCallback(), _progress_callback(cfg)]
         if tracker.enabled:
             experiment_id = tracker.client.get_experiment_by_name(
