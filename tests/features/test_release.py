@@ -120,5 +120,16 @@ def test_extract_release_in_process_reports_fills_and_resumes(tmp_path):
     assert again["steps"]["A"]["reused"] == 2 and again["steps"]["A"]["videos"] == 2
     assert (folder / "tr1.npy").stat().st_mtime_ns == stamp
     assert json.loads((out / "extract_summary.json").read_text())["dropped"] == ["tr2"]
+    # ASR fills the missing transcripts; a later run without --asr keeps them
+    whisper = clips.tiny_whisper(tmp_path / "whisper")
+    asr = ExtractPlan(audio={"model": "opensmile"}, asr={"model": str(whisper)}, text=False)
+    heard = extract_release(root, out, asr, run_in_process)
+    assert heard["steps"]["asr"]["transcribed"] == 1 and heard["steps"]["asr"]["failed"] == 1
+    cached = (out / "NoAnnotation" / "asr_transcription.csv").read_text().splitlines()
+    assert cached[0] == "name,sentence" and cached[1].startswith("p1,")
+    later = extract_release(root, out, plan, run_in_process)
+    assert later["no_transcript"] == 1  # te1 only: p1's ASR text is reused
+    pool_csv = (out / "NoAnnotation" / "transcription.csv").read_text().splitlines()
+    assert pool_csv[1] == cached[1]
     with pytest.raises(ValueError, match="is the release folder"):
         extract_release(root, root, plan, run_in_process)
