@@ -31,6 +31,7 @@ from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
 from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
+from meiju_ray.tracking.provenance import data_splits, log_datasets, record_pipeline
 from meiju_ray.tracking.tracker import (
     Tracker,
     check_reachable,
@@ -259,6 +260,8 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
                 out / STATE_FILE, {"parent_run_id": parent_id, "tracking_uri": tracker.uri}
             )
         tracker.log_config(cfg)
+        uses_pool = cfg.pseudo.enabled or cfg.consistency.weight > 0
+        log_datasets(tracker, cfg, data_splits(cfg, test=True, pool=uses_pool))
         log.info("[0] reference: logistic regression on mean+max pooled features")
         reference = logistic_reference(
             load_split(cfg.data, cfg.data.train_split),
@@ -416,4 +419,13 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
         )
         tracker.log_artifact(out / "metrics.json")
         tracker.log_artifact(submission)
+        # per-class F1 of teacher vs student, pseudo-labels per class; the run's description
+        record_pipeline(
+            tracker,
+            cfg,
+            metrics,
+            info if rounds else None,
+            out / "teacher" / "checkpoint",
+            current_ckpt,
+        )
     return metrics

@@ -298,6 +298,34 @@ def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_p
     served = mlflow.pyfunc.load_model(reg["uri"]).predict(pd.DataFrame(frame))
     assert [[r.id, r.emotion, r.intent] for r in served.itertuples()] == rows[1:]
 
+    # what the parent run records: description, the data as dataset inputs, the per-class figure
+    from meiju_ray.tracking.provenance import per_class_f1, runs_url
+    from meiju_ray.train.metrics import confusion
+
+    top = client.get_run(parent)
+    note = top.data.tags["mlflow.note.content"]
+    assert note.startswith("Pipeline on ") and f"{saved['n_pseudo']} pseudo-labelled rows" in note
+    assert f"student {saved['student']['joint']:.3f}" in note and reg["uri"] in note
+    splits = {{t.key: t.value for t in d.tags}["split"]: d for d in top.inputs.dataset_inputs}
+    assert set(splits) == {"Training", "Validation", "Testing", "NoAnnotation"}
+    assert {t.key: t.value for t in splits["NoAnnotation"].tags}["rows"] == "120"
+    assert {"per_class.png", "per_class.json"} <= {a.path for a in client.list_artifacts(parent)}
+    per_class = json.loads(Path(client.download_artifacts(parent, "per_class.json")).read_text())
+    assert per_class["split"] == "Testing" and set(per_class["f1"]) == {"teacher", "student"}
+    # the student's per-class F1 is what its submission scores against the withheld labels
+    labels = loaded_cfg.data.emotion_labels
+    truth = {
+        line.split()[0]: line.split()[1]
+        for line in (small_world / "hidden" / "Testing_labels.txt").read_text().splitlines()
+    }
+    true = np.array([labels.index(truth[r[0]]) for r in rows[1:]])
+    pred = np.array([labels.index(r[1]) for r in rows[1:]])
+    expected = per_class_f1(confusion(true, pred, len(labels)))
+    got = [per_class["f1"]["student"]["emotion"][label] for label in labels]
+    assert got == pytest.approx(expected)
+    url = runs_url(saved["mlflow"]["tracking_uri"], saved["mlflow"]["experiment_id"])
+    assert url == f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
+
 
 def test_pipeline_fails_fast_on_unreachable_tracking_server(ray_cluster, tiny_world, tmp_path):
     cfg = small_config(tiny_world, tmp_path / "run", "tracking.uri=http://127.0.0.1:9")

@@ -129,3 +129,147 @@ def runs_url(tracking_uri: str | None, experiment_id: str | None) -> str | None:
 
 def scores_line(m: dict) -> str:
     return f"joint {m['joint']:.3f} (emotion {m['emo']:.3f}, intent {m['int']:.3f})"
+
+
+# ---- the pipeline's parent run: per-class figure, description ----------------------------------
+
+
+def per_class_f1(matrix) -> list[float]:
+    """Per-class F1 from a confusion matrix (rows = true, columns = predicted); 0 where a class
+    is neither predicted nor present."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=np.float64)
+    tp = np.diag(m)
+    denom = 2 * tp + (m.sum(0) - tp) + (m.sum(1) - tp)
+    return [float(x) for x in np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)]
+
+
+def class_scores(cfg: ExperimentConfig, checkpoints: dict[str, Path]) -> dict:
+    """Per-class F1 of each checkpoint ({name: dir}) on the test split when its labels are known
+    (withheld labels: the unbiased number), else on validation."""
+    import torch
+
+    from meiju_ray.data.batching import iter_batches
+    from meiju_ray.data.packing import load_split
+    from meiju_ray.train import checkpoint
+    from meiju_ray.train.engine import predict_probs
+    from meiju_ray.train.inference import labelled_test_split
+    from meiju_ray.train.metrics import confusion
+
+    split, data = cfg.data.test_split, labelled_test_split(cfg)
+    if data is None:
+        split, data = cfg.data.val_split, load_split(cfg.data, cfg.data.val_split)
+    out: dict = {"split": split, "f1": {}}
+    for name, ckpt in checkpoints.items():
+        model, _, _ = checkpoint.load(ckpt)
+        probs = predict_probs(model, iter_batches(data, 64), torch.device("cpu"))
+        out["f1"][name] = {
+            task: dict(
+                zip(
+                    labels,
+                    per_class_f1(
+                        confusion(getattr(data, task), probs[task].argmax(1), len(labels))
+                    ),
+                )
+            )
+            for task, labels in (
+                ("emotion", cfg.data.emotion_labels),
+                ("intent", cfg.data.intent_labels),
+            )
+        }
+    return out
+
+
+def pipeline_figure(cfg: ExperimentConfig, scores: dict, pseudo: dict | None):
+    """Top: per-class F1 of teacher vs student per task. Bottom (with pseudo-labels): how many
+    pseudo-labels each class got, and (with withheld pool labels) how many of them were right."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = [("emotion", cfg.data.emotion_labels), ("intent", cfg.data.intent_labels)]
+    rows = 2 if pseudo else 1
+    fig = Figure(figsize=(13, 4.2 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 2, squeeze=False)
+    names = list(scores["f1"])
+    width = 0.8 / max(1, len(names))
+    for col, (task, labels) in enumerate(tasks):
+        ax, x = axes[0][col], np.arange(len(labels))
+        for k, name in enumerate(names):
+            values = [scores["f1"][name][task][label] for label in labels]
+            ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width, label=name)
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set(ylim=(0, 1), ylabel="F1", title=f"{task}: per-class F1 ({scores['split']})")
+        ax.legend(fontsize=8)
+        if not pseudo:
+            continue
+        ax = axes[1][col]
+        counts = [pseudo.get(f"{task}_counts", {}).get(label, 0) for label in labels]
+        precision = pseudo.get(f"{task}_precision") or {}
+        ax.bar(x, counts, 0.6, color="#9ab", label="pseudo-labels")
+        right = [
+            c * precision[label] if precision.get(label) is not None else 0
+            for c, label in zip(counts, labels)
+        ]
+        if precision:
+            ax.bar(x, right, 0.6, color="#37a", label="of them right (withheld labels)")
+        for xi, c, label in zip(x, counts, labels):
+            p = precision.get(label)
+            ax.text(
+                xi,
+                c,
+                f"{c}" + (f"\n{p:.0%}" if p is not None else ""),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set_ylim(0, 1.25 * max(counts + [1]))  # room for the labels above the bars
+        ax.set(ylabel="rows", title=f"{task}: pseudo-labels per class (last round)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def record_pipeline(
+    tracker,
+    cfg: ExperimentConfig,
+    metrics: dict,
+    pseudo: dict | None,
+    teacher_ckpt: Path,
+    student_ckpt: Path,
+) -> None:
+    """On the pipeline's parent run: per_class.json + per_class.png (teacher vs student per
+    class, pseudo-labels per class) and the run's description."""
+    if not tracker.enabled or not tracker.run_id:
+        return
+    checkpoints = {"teacher": teacher_ckpt}
+    if Path(student_ckpt) != Path(teacher_ckpt):
+        checkpoints["student"] = student_ckpt
+    scores = class_scores(cfg, checkpoints)
+    tracker.log_dict(scores, "per_class.json")
+    tracker.client.log_figure(tracker.run_id, pipeline_figure(cfg, scores, pseudo), "per_class.png")
+    t, s = metrics["teacher"], metrics["student"]
+    teacher = f"an ensemble of {t['ensemble_of']} seeds" if t.get("ensemble_of") else "one model"
+    rounds = len(metrics.get("rounds", []))
+    test = (
+        f" On the {cfg.data.test_split} split (withheld labels): teacher "
+        f"{metrics['teacher_test']['joint']:.3f}, student {metrics['student_test']['joint']:.3f} "
+        f"({metrics['gain_joint_test']:+.3f})."
+        if "gain_joint_test" in metrics
+        else ""
+    )
+    final = metrics["mlflow"].get("registered_model") or {}
+    describe(
+        tracker,
+        f"Pipeline on {Path(cfg.data.root).resolve()}: the teacher ({teacher}, {cfg.model.preset} "
+        f"model) on the labelled {cfg.data.train_split} split, then {rounds} round(s) of "
+        f"pseudo-labelling the unlabelled pool ({metrics['n_pseudo']} pseudo-labelled rows, "
+        f"{cfg.pseudo.targets} targets) and a student. Validation joint: teacher {t['joint']:.3f}, "
+        f"student {s['joint']:.3f} ({metrics['gain_joint']:+.3f}).{test} Final model: "
+        f"{metrics['mlflow'].get('final_model') or metrics['final_model']}"
+        + (f" (registered as {final['uri']})." if final else ".")
+        + " Per-class F1 and pseudo-labels per class: per_class.png.",
+    )
