@@ -106,6 +106,12 @@ def test_logged_model_loads_with_pyfunc_and_predicts_like_the_checkpoint(store, 
     # the saved input example is what predict takes
     example = loaded.input_example
     assert len(loaded.predict(example)) == len(example)
+    # meiju_ray.predict hands features in any form to a loaded MLflow model
+    import pandas.testing
+
+    import meiju_ray
+
+    pandas.testing.assert_frame_equal(meiju_ray.predict(loaded, val), out)
 
 
 def test_registry_alias_and_checkpoint_references(store, tmp_path, capsys):
@@ -156,6 +162,12 @@ def test_registry_alias_and_checkpoint_references(store, tmp_path, capsys):
         == 2
     )
     assert "models:/nope/1" in capsys.readouterr().err
+    # predict --checkpoint runs:/... writes what the directory writes
+    sub, local_sub = tmp_path / "sub.csv", tmp_path / "local.csv"
+    args = ["-q", "predict", "--checkpoint", f"runs:/{first}/model", "--tracking-uri", tracker.uri]
+    assert main([*args, "--out", str(sub)]) == 0
+    assert main(["-q", "predict", "--checkpoint", str(single), "--out", str(local_sub)]) == 0
+    assert sub.read_text() == local_sub.read_text() and len(sub.read_text().splitlines()) > 1
 
 
 def test_teacher_checkpoint_uri_survives_path_anchoring(tmp_path):

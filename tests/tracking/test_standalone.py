@@ -45,13 +45,17 @@ def test_train_evaluate_and_pseudo_label_each_log_one_run(tiny_world, tmp_path, 
     capsys.readouterr()
     assert main(["-q", "evaluate", "--checkpoint", str(ckpt), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
-    pseudo = tmp_path / "pseudo"
-    args = ["-q", "pseudo-label", *experiment(tiny_world, out), "--checkpoint", str(ckpt)]
-    assert main([*args, "--out", str(pseudo), "pseudo.threshold=0.2"]) == 0
-
     client = MlflowClient("sqlite:///" + str(tmp_path / "runs" / "mlflow.db"))
     exp = client.get_experiment_by_name("standalone")
+    (train_run,) = client.search_runs([exp.experiment_id], "tags.stage = 'train'")
+    # the teacher named by its MLflow model (in the experiment's own store)
+    teacher = f"runs:/{train_run.info.run_id}/model"
+    pseudo = tmp_path / "pseudo"
+    args = ["-q", "pseudo-label", *experiment(tiny_world, out), "--checkpoint", teacher]
+    assert main([*args, "--out", str(pseudo), "pseudo.threshold=0.2"]) == 0
     runs = {r.data.tags["stage"]: r for r in client.search_runs([exp.experiment_id])}
+    used = Path(runs["pseudo_label"].data.tags["teacher"])
+    assert (used / "model.pt").read_bytes() == (ckpt / "model.pt").read_bytes()
     assert set(runs) == {"train", "evaluate", "pseudo_label"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
 
