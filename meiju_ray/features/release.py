@@ -379,10 +379,6 @@ def extract_release(
         "steps": {},
         "failed": [],
     }
-    # zero-filled Testing files of an earlier run are extracted again
-    for rec in previous.get("zero_filled", []):
-        Path(rec["path"]).unlink(missing_ok=True)
-
     # ---- ASR for every video without a subtitle
     texts: dict[str, str] = {u.id: u.text for u in utts if u.text}
     untranscribed = [u for u in utts if not u.text]
@@ -450,7 +446,19 @@ def extract_release(
     summary["no_transcript"] = sum(1 for u in utts if not texts.get(u.id))
     summary["failed"] += list(asr_failed.values())
 
-    # ---- transcripts next to the features
+    # ---- transcripts next to the features; text features of an id whose transcript changed
+    # since the last run (e.g. ASR now fills an empty one) are computed again
+    used = {}
+    for t in ("Annotation", UNLABELED):
+        path = tree(out, t) / "transcription.csv"
+        if path.is_file():
+            used.update(read_asr_cache(path))
+    changed = [u for u in utts if u.id in used and used[u.id] != texts.get(u.id, "")]
+    summary["transcript_changed"] = len(changed)
+    if plan.text and changed:
+        folder = plan.text_folder or text_folder_default
+        for u in changed:
+            (feature_dir(out, u.split) / folder / f"{u.id}.npy").unlink(missing_ok=True)
     write_transcripts(
         out / "Annotation" / "transcription.csv",
         [(u.id, texts.get(u.id, "")) for u in utts if u.split != UNLABELED],
@@ -463,7 +471,9 @@ def extract_release(
 
     # ---- audio and visual
     modalities: list[ModalityConfig] = []
-    zero_filled: list[dict] = []
+    running = {n for n, cfg in (("A", plan.audio), ("V", plan.visual)) if cfg is not None}
+    earlier_fills = previous.get("zero_filled", [])
+    zero_filled = [rec for rec in earlier_fills if rec.get("modality") not in running]
     dropped: set[str] = set()
     from meiju_ray.features import audio as audio_mod
     from meiju_ray.features import visual as visual_mod
@@ -479,6 +489,9 @@ def extract_release(
         else:
             folder = folder or visual_mod.default_folder(visual_mod.VisualFeatureConfig(**cfg))
         step = _Step(name, folder, utts, out)
+        for rec in earlier_fills:  # zero-filled Testing files of an earlier run: try again
+            if rec.get("modality") == name:
+                Path(rec["path"]).unlink(missing_ok=True)
         todo = [u for u in utts if not step.path(u).is_file()]
         stats = {}
         if todo:
@@ -618,3 +631,23 @@ def _pack(out: Path, modalities: list[ModalityConfig], listed: dict[str, int], s
                 log.warning("packing %s: %s", split, exc)
                 packed[split] = f"not packed: {exc}"
     return packed
+
+
+def text_job_in_process(cfg) -> TextJob:
+    """A `TextJob` without Ray (features.text in this process), for debugging and the inner
+    ring's tests; the CLI runs the Ray Data job (distributed.extract_text)."""
+    from meiju_ray.features.text import embed_texts, feature_dim, load_text_model
+
+    def run(items: list[tuple[str, str]], route: dict[str, Path], folder: str) -> dict:
+        model, tokenizer = load_text_model(cfg.model, cfg.device)
+        feats = embed_texts(model, tokenizer, [t for _, t in items], cfg)
+        for (utt, _), arr in zip(items, feats):
+            save_feature(Path(route[utt]) / folder / f"{utt}.npy", arr)
+        return {
+            "utterances": len(items),
+            "dim": feature_dim(model.config.hidden_size, cfg),
+            "folder": folder,
+            "model": cfg.model,
+        }
+
+    return run

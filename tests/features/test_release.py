@@ -10,7 +10,13 @@ import pytest
 
 from meiju_ray.data.layout import DataError
 from meiju_ray.features.extractors import run_in_process
-from meiju_ray.features.release import ExtractPlan, extract_release, read_release
+from meiju_ray.features.release import (
+    ExtractPlan,
+    extract_release,
+    read_release,
+    text_job_in_process,
+)
+from meiju_ray.features.text import TextFeatureConfig
 from tests import clips
 
 
@@ -120,15 +126,24 @@ def test_extract_release_in_process_reports_fills_and_resumes(tmp_path):
     assert again["steps"]["A"]["reused"] == 2 and again["steps"]["A"]["videos"] == 2
     assert (folder / "tr1.npy").stat().st_mtime_ns == stamp
     assert json.loads((out / "extract_summary.json").read_text())["dropped"] == ["tr2"]
-    # ASR fills the missing transcripts; a later run without --asr keeps them
+    # ASR fills the missing transcripts (and p1's text features follow); a later run without
+    # --asr keeps them
+    bert = TextFeatureConfig(str(clips.tiny_bert(tmp_path / "bert")))
+    text_job = text_job_in_process(bert)
+    texts = ExtractPlan(audio={"model": "opensmile"}, text=True)
+    extract_release(root, out, texts, run_in_process, text_job, "bert-4-FRA")
+    l_pool = out / "NoAnnotation" / "features" / "bert-4-FRA" / "p1.npy"
+    assert not np.load(l_pool).any()  # no transcript yet: zeros [1, D]
     whisper = clips.tiny_whisper(tmp_path / "whisper")
-    asr = ExtractPlan(audio={"model": "opensmile"}, asr={"model": str(whisper)}, text=False)
-    heard = extract_release(root, out, asr, run_in_process)
+    asr = ExtractPlan(audio={"model": "opensmile"}, asr={"model": str(whisper)}, text=True)
+    heard = extract_release(root, out, asr, run_in_process, text_job, "bert-4-FRA")
+    assert heard["steps"]["L"]["utterances"] == 1  # only p1, whose transcript changed
     assert heard["steps"]["asr"]["transcribed"] == 1 and heard["steps"]["asr"]["failed"] == 1
     cached = (out / "NoAnnotation" / "asr_transcription.csv").read_text().splitlines()
     assert cached[0] == "name,sentence" and cached[1].startswith("p1,")
     later = extract_release(root, out, plan, run_in_process)
     assert later["no_transcript"] == 1  # te1 only: p1's ASR text is reused
+    assert heard["transcript_changed"] == 1 and later["transcript_changed"] == 0  # p1: "" -> ASR
     pool_csv = (out / "NoAnnotation" / "transcription.csv").read_text().splitlines()
     assert pool_csv[1] == cached[1]
     with pytest.raises(ValueError, match="is the release folder"):
