@@ -66,6 +66,8 @@ from meiju_ray.sweep.space import (
     trial_config,
 )
 from meiju_ray.tracking.models import resolve_checkpoint
+from meiju_ray.tracking.provenance import data_splits, log_datasets
+from meiju_ray.tracking.provenance import describe as describe_run
 from meiju_ray.tracking.sweep import TrialRuns, end_interrupted_runs, register_model, sweep_run
 from meiju_ray.tracking.tracker import Tracker, check_reachable, resolve_uri, summary_metrics
 from meiju_ray.train import checkpoint
@@ -434,6 +436,7 @@ def run_tune(cfg: ExperimentConfig, resume: bool = False, address: str | None = 
             # also the search space, as tune.search_space.<key>.<distribution>; the swept keys
             # say "swept", not the base value no trial used
             tracker.log_config(cfg, swept=swept_params(t.search_space))
+            log_datasets(tracker, cfg, data_splits(cfg, pool=t.trial == "student"))
         train, val = load_train_val(cfg)
         data = {"train": ray.put(train), "val": ray.put(val), "pool": None}
         if t.trial == "student":
@@ -625,6 +628,18 @@ def write_report(
                 )
     best_params = expand_params(best["params"], t.search_space)
     swept = ", ".join(f"{k}={v}" for k, v in best_params.items())
+    if tracker.enabled:
+        margin = judged["margin"]
+        describe_run(
+            tracker,
+            f"Sweep '{t.name}' of {len(rows)} {t.trial} trials over "
+            f"{', '.join(t.search_space)} on {Path(cfg.data.root).resolve()} "
+            f"({t.scheduler}, {t.search_alg}): best {metric_col} {best[metric_col]:.4f} with "
+            f"{swept} (trial {best['trial_id']}"
+            + (f", {margin:+.4f} over the runner-up" if margin is not None else "")
+            + f"). {' '.join(judged['warnings'])} Best config: {best_yaml}"
+            + (f"; model {registered['uri']}." if registered else "."),
+        )
     log.info(
         "best trial %s: %s %.4f (%s) -> %s",
         best["trial_id"],

@@ -1,6 +1,7 @@
 """Outer ring, MLflow: the run tracker, sweep runs, the UI."""
 
 import logging
+import os
 
 from meiju_ray.distributed.cluster import apply_env_defaults
 
@@ -10,3 +11,8 @@ apply_env_defaults()  # tracking.sweep imports Ray Tune's MLflow callback: the e
 # steps: bookkeeping, not progress; warnings and errors still show
 for _name in ("alembic", "mlflow.store.db.utils"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+# every logged model reloads itself to check its input example, and a checkpoint URI downloads a
+# few files: MLflow's per-file "Downloading artifacts" bars are noise there (set it to true to
+# see them)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

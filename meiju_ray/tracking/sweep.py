@@ -22,6 +22,7 @@ from meiju_ray.sweep.space import (
     expand_params,
     trial_config,
 )
+from meiju_ray.tracking.provenance import source_tags
 from meiju_ray.tracking.tracker import end_interrupted_runs
 
 log = logging.getLogger("meiju_ray")
@@ -38,6 +39,7 @@ class TrialRuns(MLflowLoggerCallback):
             experiment_name=cfg.tracking.experiment,
             save_artifact=False,
             tags={
+                **source_tags(),  # the code's git commit, as on every run the Tracker opens
                 "mlflow.parentRunId": parent_run_id,
                 "sweep_parent": parent_run_id,
                 "stage": "trial",

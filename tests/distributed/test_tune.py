@@ -142,6 +142,15 @@ def test_sweep_outputs_trials_and_mlflow_runs(sweep):
     assert {"teacher", "pseudo_label"} <= set(stages)
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED"
+    # what the sweep records: a description, the data it read, the code's commit on every run
+    note = parent_run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"Sweep '{cfg.tune.name}' of 4 {cfg.tune.trial} trials")
+    assert report["best_trial_id"] in note
+    assert {
+        {t.key: t.value for t in d.tags}["split"] for d in parent_run.inputs.dataset_inputs
+    } == {"Training", "Validation", "NoAnnotation"}
+    commit = parent_run.data.tags.get("mlflow.source.git.commit")
+    assert all(r.data.tags.get("mlflow.source.git.commit") == commit for r in by_trial.values())
     # the parent shows what was swept, not the base values no trial used
     assert parent_run.data.params["pseudo.threshold"].startswith("swept (pseudo.threshold): grid")
     assert parent_run.data.params["model.heads_emo_to_int"].startswith("swept (head_split)")
