@@ -198,10 +198,11 @@ def read_release_list(path: Path) -> list[dict]:
 
 def read_release(root: str | Path) -> Release:
     """The utterances of a Track 1 release folder (`<release>/Track1/<English|Mandarin>`)."""
-    root = Path(root)
-    ann = root / "Annotation"
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"release folder not found: {root}")
+    root = root.resolve()  # absolute video paths: Ray workers need not share the driver's cwd
+    ann = root / "Annotation"
     if not ann.is_dir():
         hint = ""
         if (root / "Track1").is_dir():
