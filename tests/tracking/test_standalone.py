@@ -133,3 +133,22 @@ def test_version_and_print_config(tmp_path, capsys):
     # an unknown key still fails, before anything is printed
     assert main(["train", SMOKE, "train.epoch=7", "--print-config"]) == 2
     assert "train.epoch" in capsys.readouterr().err
+
+
+def test_pipeline_prints_the_runs_view_link_and_the_registered_model(tiny_world, tmp_path, capsys):
+    """`meiju-ray pipeline` (tiny world: in-process, no Ray) ends with the direct link to the
+    experiment's runs view and the registered final model."""
+    from mlflow import MlflowClient
+
+    out = tmp_path / "runs" / "p"
+    args = experiment(tiny_world, out, "train.epochs=1", "tracking.register_model=tiny-final")
+    capsys.readouterr()
+    assert main(["-q", "pipeline", *args]) == 0
+    printed = capsys.readouterr().out
+    client = MlflowClient("sqlite:///" + str(tmp_path / "runs" / "mlflow.db"))
+    exp = client.get_experiment_by_name("standalone")
+    assert f"runs:       http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in printed
+    assert "model:      models:/tiny-final@champion" in printed
+    version = client.get_model_version_by_alias("tiny-final", "champion")
+    (student,) = client.search_runs([exp.experiment_id], "tags.stage = 'student'")
+    assert version.run_id == student.info.run_id
