@@ -550,7 +550,9 @@ def extract_release(
     summary["listed"] = listed
     summary["modalities"] = [{"name": m.name, "folder": m.folder, "dim": m.dim} for m in modalities]
     summary["pipeline_overrides"] = (
-        [f"data.root={out}", f"data.modalities={_modality_line(modalities)}"] if modalities else []
+        [f"data.root={out.resolve()}", f"data.modalities={_modality_line(modalities)}"]
+        if modalities
+        else []
     )
     summary["failures_by_kind"] = _count(summary["failed"])
     if plan.pack and modalities:
