@@ -199,3 +199,21 @@ def test_bad_release_is_one_line_exit_2(tmp_path, release, capsys):
     (tmp_path / "busy" / "mine.txt").write_text("x")
     assert main(["extract", str(release), "--out", str(tmp_path / "busy"), "--text", "none"]) == 2
     assert "already holds other files" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_visual_job_on_a_gpu_actor_matches_the_cpu(ray_cluster, release, models):
+    """--gpus-per-actor: the actor asks Ray for a GPU and runs the backbone on cuda."""
+    from meiju_ray.distributed.extract_media import run_media_job
+    from meiju_ray.features.extractors import build_extractor, extract_one
+
+    videos = sorted((release / "Annotation" / "Training").glob("*.mp4"))[:4]
+    items = [(p.stem, str(p)) for p in videos]
+    cfg = {"model": str(models["vit"]), "fps": 2}
+    got = []
+    stats = run_media_job("visual", cfg, items, got.extend, gpus_per_actor=0.5)
+    assert stats["gpus_per_actor"] == 0.5 and len(got) == len(items)
+    cpu = build_extractor("visual", cfg)
+    for r in got:
+        want = extract_one(cpu, r.id, dict(items)[r.id]).value
+        np.testing.assert_allclose(r.value, want, rtol=1e-3, atol=1e-4)
