@@ -265,7 +265,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"trials ({r['n_trials']}, {r['n_stopped_early']} stopped early): {r['trials_csv']}")
     print(f"best config: {r['best_config']}")
     if r["mlflow"]["tracking_uri"]:
+        from meiju_ray.tracking.provenance import runs_url
+
         print(f"browse:      meiju-ray ui --tracking-uri '{r['mlflow']['tracking_uri']}'")
+        url = runs_url(r["mlflow"]["tracking_uri"], r["mlflow"].get("experiment_id"))
+        if url:
+            print(f"runs:        {url}")
+        if r["mlflow"].get("registered_model"):
+            print(f"model:       {r['mlflow']['registered_model']['uri']}")
     return 0
 
 

@@ -667,6 +667,7 @@ def write_report(
         "mlflow": {
             "tracking_uri": tracker.uri,
             "experiment": cfg.tracking.experiment,
+            "experiment_id": experiment.experiment_id if tracker.enabled else None,
             "parent_run_id": parent_id,
             "best_run_id": best["mlflow_run_id"] or None,
             "registered_model": registered,

@@ -149,6 +149,7 @@ def test_sweep_outputs_trials_and_mlflow_runs(sweep):
     assert {
         {t.key: t.value for t in d.tags}["split"] for d in parent_run.inputs.dataset_inputs
     } == {"Training", "Validation", "NoAnnotation"}
+    assert report["mlflow"]["experiment_id"] == exp.experiment_id  # `tune` prints the runs link
     commit = parent_run.data.tags.get("mlflow.source.git.commit")
     assert all(r.data.tags.get("mlflow.source.git.commit") == commit for r in by_trial.values())
     # the parent shows what was swept, not the base values no trial used
