@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import BENCH_ROOT, REPO, md_table
-from meiju_ray.fileio import replace_dir
+from meiju_ray.fileio import replace_dir, write_text_atomic
 
 TITLE = "Semi-supervised learning: gain over supervised on the test split, paired seeds"
 RESULTS_FILE = REPO / "RESULTS.md"
@@ -398,11 +398,15 @@ def run(args) -> str:
                 continue
             print(f"[ssl] seed {seed}: {name}", flush=True)
             results[key] = _one(name, seed, root, base, args)
-            store.write_text(json.dumps(results, indent=1))
+            # merged with what is on disk: two processes may run disjoint --seeds of one world
+            on_disk = json.loads(store.read_text()) if store.is_file() else {}
+            results = {**on_disk, **results}
+            write_text_atomic(store, json.dumps(results, indent=1))
             print(
                 f"[ssl] seed {seed}: {name} test joint {results[key]['test']['joint']:.4f}",
                 flush=True,
             )
+    results = {**json.loads(store.read_text()), **results}  # other processes' seeds
     seeds = args.seeds
     n_pool = results[f"{seeds[0]}/oracle"]["pool_rows"]
 
