@@ -238,3 +238,14 @@ def test_ctrl_c_during_ray_data_pseudo_labelling_exits_130(trained, tmp_path):
     assert status == 130, err[-3000:]
     assert "interrupted" in err and "Traceback" not in err, err[-3000:]
     assert not (tmp_path / "pseudo").exists()
+
+
+@pytest.mark.ray
+def test_ctrl_c_during_ray_train_exits_130(tiny_world, tmp_path):
+    """Ray Train's own SIGINT handler aborts the run and then exits from inside fit()."""
+    args = train_args(tiny_world, tmp_path / "run", f"data.cache_dir={tmp_path / 'packed'}")
+    args[args.index("train.epochs=1")] = "train.epochs=100000"
+    command = [EXE, *args[1:], "scaling.num_workers=1", "ray.num_cpus=2"]
+    status, err = interrupt_when(command, "epoch 1/")
+    assert status == 130, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-3000:]

@@ -337,6 +337,10 @@ def _run_distributed(cfg, extra_train, on_epoch, init_from) -> dict:
     try:
         datasets = {"pool": pool_dataset(cfg)} if cons.is_active(cfg.consistency) else None
         result = build_trainer(cfg, loop_config, storage, [stream], datasets).fit()
+    except SystemExit:
+        # only Ray Train's own SIGINT handler exits from inside fit(): after it has aborted the
+        # run on Ctrl-C, so callers see the interrupt (exit 130, MLflow runs KILLED)
+        raise KeyboardInterrupt("Ray Train run aborted") from None
     finally:
         done.set()
         reader.join()
