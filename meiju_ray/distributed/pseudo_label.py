@@ -47,6 +47,7 @@ from meiju_ray.pseudo.labelling import (
 from meiju_ray.train import checkpoint
 
 log = logging.getLogger("meiju_ray")
+PROGRESS_EVERY_S = 10.0  # at most one "pseudo-labelling: k/N rows" line per this many seconds
 
 
 def inference_engine(cfg: ExperimentConfig, n_rows: int) -> str:
@@ -121,7 +122,22 @@ def infer_pool(
         num_cpus=p.cpus_per_actor,
         num_gpus=p.gpus_per_actor or None,
     )
-    return collect_predictions(out.iter_batches(batch_size=None, batch_format="numpy"), packed_dir)
+    batches = out.iter_batches(batch_size=None, batch_format="numpy")
+    total = sum(it["rows"] for it in items)
+    return collect_predictions(rows_done(batches, total, "pseudo-labelling"), packed_dir)
+
+
+def rows_done(batches, total: int, what: str, every_s: float = PROGRESS_EVERY_S):
+    """The batches, passed through; a `<what>: k/N rows (t s)` line at most every `every_s`
+    seconds and at the end (Ray Data's own progress is off in a quiet local run)."""
+    t0 = last = time.time()
+    done = 0
+    for batch in batches:
+        done += len(batch["id"])
+        if time.time() - last >= every_s or done >= total:
+            last = time.time()
+            log.info("%s: %d/%d rows (%.0fs)", what, done, total, last - t0)
+        yield batch
 
 
 def run_pseudo_label(
