@@ -31,7 +31,13 @@ from meiju_ray.distributed.pseudo_label import run_pseudo_label
 from meiju_ray.distributed.train import run_train
 from meiju_ray.fileio import ensure_writable_dir, locked_dir, write_json_atomic, write_text_atomic
 from meiju_ray.pseudo.labelling import SUMMARY_FILE, load_pseudo_rows
-from meiju_ray.tracking.provenance import data_splits, log_datasets, record_pipeline
+from meiju_ray.tracking.provenance import (
+    data_splits,
+    describe_pseudo,
+    describe_stage,
+    log_datasets,
+    record_pipeline,
+)
 from meiju_ray.tracking.tracker import (
     Tracker,
     check_reachable,
@@ -68,16 +74,19 @@ def _train_stage(
         ckpt = Path(stage.output_dir) / "checkpoint"
         _score_stage(cfg, tracker, name, ckpt, metrics)
         tracker.log_artifact(Path(stage.output_dir) / "metrics.json")
-        _logged_model(tracker, ckpt, metrics)
+        _logged_model(tracker, ckpt, metrics, stage, name)
     return metrics
 
 
-def _logged_model(tracker: Tracker, ckpt: Path, metrics: dict) -> None:
-    """The stage's checkpoint as an MLflow model of its run (runs:/<run>/model); its ids are kept
-    in `metrics` (in memory) for the registry."""
+def _logged_model(
+    tracker: Tracker, ckpt: Path, metrics: dict, cfg: ExperimentConfig, name: str
+) -> None:
+    """The stage's checkpoint as an MLflow model of its run (runs:/<run>/model), and the run's
+    description; the model's ids are kept in `metrics` (in memory) for the registry."""
     info = tracker.log_model(ckpt)
     if info is not None:
         metrics["_mlflow_model"] = {"model_id": info.model_id, "run_id": tracker.run_id}
+        describe_stage(tracker, cfg, name, metrics)
 
 
 def _score_stage(
@@ -127,7 +136,7 @@ def _ensemble_stage(cfg: ExperimentConfig, tracker: Tracker, n: int) -> dict:
             tracker.log_metrics({f"member{k}_val_joint": m["joint"]})
         write_json_atomic(Path(ckpt).parent / "metrics.json", metrics)
         tracker.log_artifact(Path(ckpt).parent / "metrics.json")
-        _logged_model(tracker, ckpt, metrics)
+        _logged_model(tracker, ckpt, metrics, cfg, "teacher")
     return metrics
 
 
@@ -137,6 +146,7 @@ def _pseudo_stage(cfg: ExperimentConfig, tracker: Tracker, teacher_ckpt: Path, n
         info = run_pseudo_label(cfg, teacher_ckpt, out)
         tracker.log_metrics(summary_metrics(info))
         tracker.log_artifact(out / SUMMARY_FILE)
+        describe_pseudo(tracker, cfg, info, teacher_ckpt, out)
     return info
 
 

@@ -302,6 +302,16 @@ def test_pipeline_writes_outputs_and_mlflow_runs(ray_cluster, small_world, tmp_p
     from meiju_ray.tracking.provenance import per_class_f1, runs_url
     from meiju_ray.train.metrics import confusion
 
+    for name, start in (
+        ("teacher", "Pipeline stage teacher: the paper model"),
+        ("pseudo_r1", "Pseudo-labelled 120 unlabelled rows"),
+        ("student_r1", "Pipeline stage student_r1: the paper model"),
+    ):
+        assert (
+            client.get_run(runs[name].info.run_id)
+            .data.tags["mlflow.note.content"]
+            .startswith(start)
+        ), name
     top = client.get_run(parent)
     note = top.data.tags["mlflow.note.content"]
     assert note.startswith("Pipeline on ") and f"{saved['n_pseudo']} pseudo-labelled rows" in note

@@ -273,3 +273,52 @@ def record_pipeline(
         + (f" (registered as {final['uri']})." if final else ".")
         + " Per-class F1 and pseudo-labels per class: per_class.png.",
     )
+
+
+def describe_stage(tracker, cfg: ExperimentConfig, name: str, metrics: dict) -> None:
+    """A pipeline stage run's description: what was trained on what, the key result, the model."""
+    if not tracker.enabled or not tracker.run_id:
+        return
+    what = (
+        f"an ensemble of {metrics['ensemble_of']} seeds (mean probabilities)"
+        if metrics.get("ensemble_of")
+        else f"the {cfg.model.preset} model (hidden {cfg.model.hidden})"
+    )
+    extra = (
+        f" plus {metrics['n_pseudo']} pseudo-labelled pool rows" if metrics.get("n_pseudo") else ""
+    )
+    epoch = (
+        f" at epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
+        if "best_epoch" in metrics and "epochs_run" in metrics
+        else ""
+    )
+    test = f"; withheld test {scores_line(metrics['test'])}" if "test" in metrics else ""
+    describe(
+        tracker,
+        f"Pipeline stage {name}: {what}, trained on the labelled {cfg.data.train_split} split of "
+        f"{Path(cfg.data.root).resolve()}{extra}. Best validation {scores_line(metrics)}{epoch}"
+        f"{test}. Model: runs:/{tracker.run_id}/model.",
+    )
+
+
+def describe_pseudo(tracker, cfg: ExperimentConfig, info: dict, teacher, out) -> None:
+    """A pseudo-labelling run's description: the pool, the teacher, what was selected."""
+    accuracy = info.get("emotion_accuracy")
+    right = (
+        f" (right against the withheld labels: emotion {accuracy:.3f}"
+        + (
+            f", intent {info['intent_accuracy']:.3f}"
+            if isinstance(info.get("intent_accuracy"), float)
+            else ""
+        )
+        + ")"
+        if isinstance(accuracy, float)
+        else ""
+    )
+    describe(
+        tracker,
+        f"Pseudo-labelled {info.get('n_rows')} unlabelled rows of {Path(cfg.data.root).resolve()} "
+        f"with the teacher {teacher} ({cfg.pseudo.targets} targets, rule {cfg.pseudo.rule}, "
+        f"threshold {cfg.pseudo.threshold}): {info.get('n_selected')} selected (rate "
+        f"{info.get('selection_rate') or 0:.3f}){right}. Output: {Path(out).resolve()}.",
+    )

@@ -11,7 +11,13 @@ import logging
 from pathlib import Path
 
 from meiju_ray.config import ExperimentConfig
-from meiju_ray.tracking.provenance import data_splits, describe, log_datasets, scores_line
+from meiju_ray.tracking.provenance import (
+    data_splits,
+    describe,
+    describe_pseudo,
+    log_datasets,
+    scores_line,
+)
 from meiju_ray.tracking.tracker import Tracker, TrackingError, check_reachable
 
 log = logging.getLogger("meiju_ray")
@@ -90,22 +96,11 @@ def tracked_pseudo_label(cfg: ExperimentConfig, teacher: Path, out: Path) -> dic
     name = cfg.tracking.run_name or f"pseudo_label:{Path(out).name}"
     with tracker.run(name, tags={"stage": "pseudo_label", "teacher": str(teacher)}) as run_id:
         tracker.log_config(cfg)
-        rows = log_datasets(tracker, cfg, {UNLABELED: "unlabelled"})
+        log_datasets(tracker, cfg, {UNLABELED: "unlabelled"})
         info = run_pseudo_label(cfg, teacher, out)
         tracker.log_metrics(summary_metrics(info))
         tracker.log_artifact(Path(out) / SUMMARY_FILE)
-        precision = (
-            f" (accuracy against the withheld labels: emotion {info['emotion_accuracy']:.3f})"
-            if isinstance(info.get("emotion_accuracy"), float)
-            else ""
-        )
-        describe(
-            tracker,
-            f"Pseudo-labelled {rows.get(UNLABELED, info.get('n_rows'))} unlabelled rows of "
-            f"{Path(cfg.data.root).resolve()} with the teacher {teacher}: "
-            f"{info.get('n_selected')} selected (rate {info.get('selection_rate', 0):.3f})"
-            f"{precision}. Output: {Path(out).resolve()}.",
-        )
+        describe_pseudo(tracker, cfg, info, teacher, out)
     return info | {"mlflow": _mlflow_info(tracker, run_id)}
 
 
