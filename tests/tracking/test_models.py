@@ -28,7 +28,7 @@ from meiju_ray.train import checkpoint
 from meiju_ray.train.engine import predict_probs
 from tests.conftest import small_config
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
