@@ -118,7 +118,7 @@ def infer_pool(
         batch_size=per_call,
         batch_format="numpy",
         fn_constructor_kwargs={**kwargs, "device": device, "threads": threads},
-        concurrency=actors,  # a fixed pool of `actors` actors
+        compute=ray.data.ActorPoolStrategy(size=actors),  # a fixed pool of `actors` actors
         num_cpus=p.cpus_per_actor,
         num_gpus=p.gpus_per_actor or None,
     )

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 from meiju_ray.distributed.cluster import apply_env_defaults
 
@@ -47,13 +48,73 @@ def _actor_nodes() -> dict[str, str]:
 
 def pseudo_then_ddp(world: str, teacher: str, cache: str, out: str, ddp_world: str) -> dict:
     """Both scenarios on one cluster (one start-up): pseudo-labelling on three nodes, one of them
-    removed mid-run; then DDP on the two nodes left."""
-    result = pseudo(world, teacher, cache)
+    removed mid-run; then DDP with one worker per node, and a worker's node removed mid-run."""
+    result, cluster = pseudo(world, teacher, cache, keep=True)
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    return {**result, **ddp(ddp_world, out, cache, connected=True)}
+    return {**result, **ddp_node_lost(cluster, ddp_world, out, cache)}
 
 
-def pseudo(world: str, teacher: str, cache: str) -> dict:
+def _train_worker_nodes() -> set[str]:
+    return {
+        a["Address"]["NodeID"]
+        for a in ray._private.state.actors().values()
+        if a["State"] == "ALIVE" and "RayTrainWorker" in a["ActorClassName"]
+    }
+
+
+def ddp_node_lost(cluster, world: str, out: str, cache: str) -> dict:
+    """2 DDP workers of 2 CPUs on nodes of 2 CPUs (one worker per node) plus a spare node; after
+    three persisted checkpoints the (non-head) node of a worker is removed: Ray Train restarts the
+    worker group on the nodes left and resumes from the latest checkpoint."""
+    from meiju_ray.distributed.train import run_distributed
+
+    spare = cluster.add_node(**NODE)
+    cluster.wait_for_nodes()
+    cfg = small_config(
+        world,
+        out,
+        f"data.cache_dir={cache}",
+        "train.epochs=6",
+        "train.patience=0",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=2",
+        "scaling.max_failures=1",
+        "tracking.enabled=false",
+    )
+    storage = Path(out) / "ray_train"
+    lost: dict = {}
+
+    def remove_a_worker_node() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            done = sum(
+                1 for d in storage.glob("*/checkpoint_*") if (d / "train_state.pt").is_file()
+            )
+            hosts = _train_worker_nodes()
+            lost["worker_nodes"] = len(hosts)
+            if done >= 3:
+                for node in [*cluster.worker_nodes, spare]:
+                    if node.node_id in hosts:
+                        cluster.remove_node(node, allow_graceful=False)
+                        lost["after_checkpoints"] = done
+                        return
+            time.sleep(0.2)
+
+    remover = threading.Thread(target=remove_a_worker_node, daemon=True)
+    remover.start()
+    metrics = run_distributed(cfg)
+    remover.join(5)
+    history = json.loads((Path(out) / "history.json").read_text())
+    return {
+        "ddp_joint": metrics["joint"],
+        "ddp_worker_nodes": lost.get("worker_nodes"),
+        "ddp_node_removed_after_checkpoints": lost.get("after_checkpoints"),
+        "ddp_resumed_from_epoch": metrics.get("resumed_from_epoch"),
+        "ddp_epochs": [h["epoch"] for h in history],
+    }
+
+
+def pseudo(world: str, teacher: str, cache: str, keep: bool = False):
     """Ray Data pseudo-labelling with 3 one-CPU actors on nodes of 2 CPUs (so on at least two
     nodes), against the in-process result; then again while the node of one actor is removed
     mid-run (a spare node takes its place)."""
@@ -95,7 +156,7 @@ def pseudo(world: str, teacher: str, cache: str) -> dict:
     ids2, emo2, int2 = infer_pool(cfg, teacher, packed, "ray_data")
     finished = time.time()
     remover.join(5)
-    return {
+    result = {
         "n_nodes_with_actors": len(seen_nodes),
         "ids_equal": ids0 == ids1 == ids2,
         "n_rows": len(ids0),
@@ -105,6 +166,7 @@ def pseudo(world: str, teacher: str, cache: str) -> dict:
         "removed_before_the_end": bool(removed) and removed["at"] < finished,
         "seconds": round(finished - t0, 1),
     }
+    return (result, cluster) if keep else result
 
 
 def ddp(world: str, out: str, cache: str, connected: bool = False) -> dict:
