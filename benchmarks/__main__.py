@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         section = getattr(module, "section_name", lambda _: name)(args)
         title = getattr(module, "section_title", lambda _: module.TITLE)(args)
         write_section(section, title, command, body, path=target)
-        print(f"[bench] updated {target.name} section {name!r}")
+        print(f"[bench] updated {target.name} section {section!r}")
     return 0
 
 
