@@ -1,6 +1,6 @@
 """meiju_ray: joint emotion + intent recognition for MEIJU'25 Track 1, distributed with Ray.
 
-The Python API (meiju_ray.api; README "From Python"):
+The Python API (meiju_ray.tracking.api; README "From Python"):
 
     import meiju_ray
     cfg = meiju_ray.load_config("experiments/smoke.yaml", {"data.root": "worlds/demo"})
@@ -27,15 +27,17 @@ SHARED_NAMES = ("train", "pipeline")  # entry points named like a submodule of t
 
 
 def _entry_point(name: str):
-    from meiju_ray import api  # outer ring: loaded on first use, never by `import meiju_ray`
+    from meiju_ray.tracking import (
+        api,
+    )  # outer ring: loaded on first use, never by `import meiju_ray`
 
     return getattr(api, name)
 
 
 class _EntryPoint:
     """An entry point that shares its name with a submodule (meiju_ray/train/,
-    meiju_ray/pipeline.py): calling it runs meiju_ray.api.<name>; any other attribute is the
-    submodule's, so `meiju_ray.pipeline.run_pipeline` and `import meiju_ray.train.engine as e`
+    meiju_ray/pipeline.py): calling it runs meiju_ray.tracking.api.<name>; any other attribute is
+    the submodule's, so `meiju_ray.pipeline.run_pipeline` and `import meiju_ray.train.engine as e`
     keep working. Its signature and docstring are the entry point's."""
 
     def __init__(self, name: str):

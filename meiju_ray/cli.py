@@ -78,7 +78,7 @@ def _runs_link(info: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from meiju_ray.api import train
+    from meiju_ray.tracking.api import train
 
     cfg = load_config(args.experiment, args.overrides)
     _address(args, cfg)

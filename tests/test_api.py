@@ -129,7 +129,7 @@ def test_load_config_takes_dicts_and_strings_and_fails_on_unknown_keys(tmp_path)
 def test_logging_reaches_stderr_without_setup_and_steps_aside_for_a_configured_root():
     code = (
         "import logging\n"
-        "import meiju_ray.api as api\n"
+        "import meiju_ray.tracking.api as api\n"
         "log = logging.getLogger('meiju_ray')\n"
         "api.log_to_stderr(); api.log_to_stderr()  # idempotent\n"
         "log.info('first line')\n"

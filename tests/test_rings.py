@@ -1,14 +1,15 @@
 """The package's two rings, enforced by folder, and no import cycles.
 
-Inner ring: every module outside `distributed/`, `tracking/`, `pipeline.py`, `cli.py` and
-`api.py`. It must never import Ray or MLflow, directly or through another package module, at module
-level or inside a function. The check reads the source (ast), so it sees imports that only run when
-a function is called; there is no hand-kept list of modules.
+Inner ring: every module outside `distributed/`, `tracking/` (which also holds the Python API,
+`tracking/api.py`), `pipeline.py` and `cli.py`. It must never import Ray or MLflow, directly or
+through another package module, at module level or inside a function. The check reads the source
+(ast), so it sees imports that only run when a function is called; there is no hand-kept list of
+modules.
 
-The package's own `__init__` is the front door of both rings: its entry points load `api` on first
-use. It is checked at run time instead: `import meiju_ray` (and `dir()`) loads no Ray, MLflow or
-torch. An inner module that imported the package itself would still be caught (the chain runs on
-through `__init__` into `api`).
+The package's own `__init__` is the front door of both rings: its entry points load `tracking.api`
+on first use. It is checked at run time instead: `import meiju_ray` (and `dir()`) loads no Ray,
+MLflow or torch. An inner module that imported the package itself would still be caught (the chain
+runs on through `__init__` into `tracking.api`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import meiju_ray
 
 PACKAGE = Path(meiju_ray.__file__).resolve().parent
 OUTER_DIRS = ("distributed", "tracking")
-OUTER_MODULES = ("pipeline", "cli", "api")
+OUTER_MODULES = ("pipeline", "cli")
 FORBIDDEN = ("ray", "mlflow")
 
 
