@@ -33,14 +33,20 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def prove_writable(path: Path) -> None:
+    """Create directory `path` if needed and write (then remove) a probe file in it; OSError when
+    that is impossible (read-only disk, a path under a file, no permission)."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and prove it is writable; raise a clear error otherwise."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        prove_writable(path)
     except OSError as exc:
         raise PermissionError(
             f"output directory is not writable: {path} ({exc.strerror or exc})"

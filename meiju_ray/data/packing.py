@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from meiju_ray.data.layout import (
     resolve,
     split_list,
 )
-from meiju_ray.fileio import atomic_dir, remove_stale_temp_dirs
+from meiju_ray.fileio import atomic_dir, prove_writable, remove_stale_temp_dirs
 
 log = logging.getLogger("meiju_ray")
 MANIFEST = "manifest.json"
@@ -170,10 +169,7 @@ def writable_cache_root(cfg: DataConfig) -> Path:
     naming data.cache_dir otherwise (a path under a file, a read-only disk)."""
     root = cache_root(cfg)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root)
-        os.close(fd)
-        os.unlink(probe)
+        prove_writable(root)
     except OSError as exc:
         why = _not_writable_because(root, exc)
         if cfg.cache_dir:
