@@ -224,7 +224,12 @@ def load_feature(path: Path, modality: ModalityConfig) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise DataError(f"{path}: contains NaN or Inf values")
-    if modality.max_len and arr.shape[0] > modality.max_len:
-        keep = np.linspace(0, arr.shape[0] - 1, modality.max_len).round().astype(np.int64)
+    return subsample_frames(arr, modality.max_len)
+
+
+def subsample_frames(arr: np.ndarray, max_len: int) -> np.ndarray:
+    """[T, D] -> at most max_len frames, evenly spaced over T (0 = no limit)."""
+    if max_len and arr.shape[0] > max_len:
+        keep = np.linspace(0, arr.shape[0] - 1, max_len).round().astype(np.int64)
         arr = arr[keep]
     return arr

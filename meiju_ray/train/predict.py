@@ -26,6 +26,7 @@ import torch
 
 from meiju_ray.config import ExperimentConfig, ModalityConfig
 from meiju_ray.data.batching import iter_batches
+from meiju_ray.data.layout import subsample_frames
 from meiju_ray.data.packing import PackedSplit
 from meiju_ray.train.engine import predict_probs, resolve_device
 
@@ -71,10 +72,7 @@ def frames(cell: Any, modality: ModalityConfig, where: str) -> np.ndarray:
         raise ValueError(f"{where}: modality '{modality.name}' has T=0 frames")
     if not np.isfinite(arr).all():
         raise ValueError(f"{where}: modality '{modality.name}' contains NaN or Inf values")
-    if modality.max_len and arr.shape[0] > modality.max_len:
-        keep = np.linspace(0, arr.shape[0] - 1, modality.max_len).round().astype(np.int64)
-        arr = arr[keep]
-    return arr
+    return subsample_frames(arr, modality.max_len)
 
 
 def features_to_split(features: Any, cfg: ExperimentConfig) -> PackedSplit:
