@@ -190,14 +190,16 @@ def _descendants(root: int) -> set[int]:
     return out
 
 
-def pss_tree() -> int:
-    """Summed PSS (bytes) of this process and all its descendants.
+def pss_tree(exclude_self: bool = False) -> int:
+    """Summed PSS (bytes) of this process and all its descendants (only the descendants with
+    `exclude_self`: a subprocess being measured, not the benchmark driving it).
 
     PSS, not RSS: Ray's object store is shared memory mapped by every worker; RSS would count it
     once per process. (Ray workers rename themselves `ray::...`, so command lines cannot find them.)
     """
     total = 0
-    for pid in _descendants(os.getpid()):
+    me = os.getpid()
+    for pid in _descendants(me) - ({me} if exclude_self else set()):
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -210,13 +212,14 @@ def pss_tree() -> int:
 class PeakMemory:
     """Context manager sampling pss_tree() every 0.2 s in a thread; `.peak_gb` after exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude_self: bool = False) -> None:
         self.peak = 0
+        self.exclude_self = exclude_self
         self._done = threading.Event()
 
     def _sample(self) -> None:
         while not self._done.is_set():
-            self.peak = max(self.peak, pss_tree())
+            self.peak = max(self.peak, pss_tree(self.exclude_self))
             time.sleep(0.2)
 
     def __enter__(self) -> PeakMemory:
