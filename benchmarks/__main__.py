@@ -3,12 +3,13 @@
     python -m benchmarks NAME           # NAME is one of the benchmarks below
     python -m benchmarks NAME --help    # each one's size knobs (--scale, ...)
 
-    time_to_quality   baseline preset vs paper model: wall time to a validated score
+    time_to_quality   paper model vs baseline preset (and --peer: the official code): time to score
     throughput        samples/s: local, Ray Train 1 and 2 workers; bucketing vs padding
     data_path         packed Parquet shards vs the baseline's per-file .npy loader
     pseudo_label      plain loop vs Ray Data (1, 2 actors) at 10k / 100k rows; peak memory
     sweep             8 trials: ASHA vs run to completion; re-thresholding vs re-inference
     end_to_end        teacher -> pseudo-label 10k -> student at Track 1 scale, per stage
+    extract           extractor throughput: clips/s per actor, 1 vs 2 actors, per model
     ssl               semi-supervised recipes vs supervised on test, paired seeds (-> RESULTS.md)
 
 Each prints its table and replaces its own section of BENCHMARKS.md (the command, the machine,

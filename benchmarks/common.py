@@ -23,7 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_ROOT = Path(os.environ.get("MEIJU_BENCH_DIR", REPO / "runs" / "bench"))
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 # the order of the sections in BENCHMARKS.md
-ORDER = ["time_to_quality", "throughput", "data_path", "pseudo_label", "sweep", "end_to_end", "ssl"]
+ORDER = [
+    "time_to_quality",
+    "throughput",
+    "data_path",
+    "pseudo_label",
+    "sweep",
+    "end_to_end",
+    "extract",
+    "ssl",
+]
 # the official baseline's measured cost on this kind of machine (../shared docs)
 BASELINE_REFERENCE = {"minutes_per_run": 48.0, "seconds_per_epoch": 24.0, "test_joint": 0.51}
 

@@ -191,12 +191,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def section_name(args) -> str:
-    """The RESULTS.md section this run writes: one per dataset."""
-    return "ssl" if args.dataset == "synthetic" else f"ssl_{args.dataset}"
+    """The RESULTS.md section this run writes: one per dataset (and per synthetic dims)."""
+    if args.dataset == "synthetic":
+        return "ssl" if args.dims == "small" else f"ssl_{args.dims}"
+    return f"ssl_{args.dataset}"
 
 
 def section_title(args) -> str:
-    return TITLE if args.dataset == "synthetic" else f"{TITLE}: {REAL[args.dataset][0]}"
+    if args.dataset == "synthetic":
+        return TITLE if args.dims == "small" else f"{TITLE}: Track 1 dims (A512/V342/L768)"
+    return f"{TITLE}: {REAL[args.dataset][0]}"
 
 
 def _world(args) -> Path:

@@ -12,7 +12,10 @@ shared file system, as long as the workers can read the videos at the paths give
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -31,8 +34,13 @@ SCHEMA = pa.schema(
         pa.field("values", pa.large_list(pa.float32())),
         pa.field("frames", pa.int32()),
         pa.field("text", pa.string()),
+        # which actor process made the row, and how many extractors that process had built by
+        # then: the driver's proof of one model load per actor (a restarted actor loads again)
+        pa.field("worker", pa.string()),
+        pa.field("loads", pa.int32()),
     ]
 )
+_LOADS_IN_THIS_PROCESS = 0
 
 
 class MediaWorker:
@@ -44,8 +52,11 @@ class MediaWorker:
 
         from meiju_ray.features.extractors import build_extractor
 
+        global _LOADS_IN_THIS_PROCESS
         torch.set_num_threads(max(1, threads))
         self.extractor = build_extractor(kind, cfg)
+        _LOADS_IN_THIS_PROCESS += 1
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from meiju_ray.features.extractors import extract_one
@@ -53,10 +64,10 @@ class MediaWorker:
         results = [
             extract_one(self.extractor, str(u), str(p)) for u, p in zip(batch["id"], batch["path"])
         ]
-        return results_to_table(results)
+        return results_to_table(results, self.worker, _LOADS_IN_THIS_PROCESS)
 
 
-def results_to_table(results: list[MediaResult]) -> pa.Table:
+def results_to_table(results: list[MediaResult], worker: str = "", loads: int = 0) -> pa.Table:
     arrays = [r.value if isinstance(r.value, np.ndarray) else None for r in results]
     frames = [0 if a is None else int(a.shape[0]) for a in arrays]
     flat = [np.zeros(0, np.float32) if a is None else a.reshape(-1) for a in arrays]
@@ -76,6 +87,8 @@ def results_to_table(results: list[MediaResult]) -> pa.Table:
             "values": values,
             "frames": frames,
             "text": [r.value if isinstance(r.value, str) else None for r in results],
+            "worker": [worker] * len(results),
+            "loads": [loads] * len(results),
         },
         schema=SCHEMA,
     )
@@ -150,8 +163,13 @@ def run_media_job(
         num_gpus=gpus_per_actor or None,
     )
     seen, failed = 0, 0
+    per_worker: Counter[str] = Counter()
+    loads: dict[str, int] = {}
     for table in out.iter_batches(batch_size=None, batch_format="pyarrow"):
         results = table_to_results(table)
+        for worker, n in zip(table.column("worker").to_pylist(), table.column("loads").to_pylist()):
+            per_worker[worker] += 1
+            loads[worker] = max(loads.get(worker, 0), n)
         sink(results)
         seen += len(results)
         failed += sum(r.value is None for r in results)
@@ -166,8 +184,12 @@ def run_media_job(
         "videos": seen,
         "seconds": round(seconds, 1),
         "videos_per_second": round(seen / max(seconds, 1e-9), 2),
+        "videos_per_second_per_actor": round(seen / max(seconds, 1e-9) / actors, 2),
         "actors": actors,
         "gpus_per_actor": gpus_per_actor,
+        # actor process -> videos it extracted / models it loaded (one each, unless restarted)
+        "videos_per_worker": dict(per_worker),
+        "model_loads": sum(loads.values()),
     }
 
 

@@ -201,6 +201,32 @@ def test_bad_release_is_one_line_exit_2(tmp_path, release, capsys):
     assert "already holds other files" in capsys.readouterr().err
 
 
+def test_two_actors_share_the_videos_and_load_their_model_once_each(ray_cluster, release):
+    """An actor pool of 2: every video once, both actors working, one model load per actor, and
+    the same features as one extractor in this process."""
+    from meiju_ray.distributed.extract_media import run_media_job
+    from meiju_ray.features.extractors import build_extractor, extract_one
+
+    videos = sorted((release / "Annotation" / "Training").glob("*.mp4"))[:7]  # 8 has no audio
+    # 28 rows in 28 blocks: more than one actor takes at a time, so neither can have them all
+    items = [(f"{p.stem}-{k}", str(p)) for k in range(4) for p in videos]
+    cfg = {"model": "opensmile"}
+    got = []
+    stats = run_media_job("audio", cfg, items, got.extend, actors=2, cpus_per_actor=0.5)
+
+    assert sorted(r.id for r in got) == sorted(u for u, _ in items)
+    assert stats["actors"] == 2 and stats["model_loads"] == 2
+    assert len(stats["videos_per_worker"]) == 2 and min(stats["videos_per_worker"].values()) > 0
+    assert sum(stats["videos_per_worker"].values()) == len(items)
+    assert stats["videos_per_second_per_actor"] == pytest.approx(
+        stats["videos_per_second"] / 2, abs=0.01
+    )
+    here = build_extractor("audio", cfg)
+    for r in got[:: len(videos)]:
+        want = extract_one(here, r.id, dict(items)[r.id]).value
+        np.testing.assert_allclose(r.value, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.gpu
 def test_visual_job_on_a_gpu_actor_matches_the_cpu(ray_cluster, release, models):
     """--gpus-per-actor: the actor asks Ray for a GPU and runs the backbone on cuda."""

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +16,7 @@ import pytest
 
 from meiju_ray.config import ConfigError, load_config
 from tests.conftest import REPO, SMALL_MODS
+from tests.servers import mlflow_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 SWEEP = REPO / "experiments" / "sweep_smoke.yaml"
@@ -195,12 +192,6 @@ def test_existing_sweep_needs_resume_and_resume_of_a_finished_sweep_reports_agai
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     req = urllib.request.Request(
         url, json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -210,29 +201,8 @@ def _post(url: str, body: dict) -> dict:
 
 
 def test_mlflow_ui_server_lists_the_sweep_runs(sweep):
-    from meiju_ray.tracking.ui import server_command, server_env
-
     cfg, report, _ = sweep
-    port = _free_port()
-    proc = subprocess.Popen(
-        server_command(report["mlflow"]["tracking_uri"], "127.0.0.1", port),
-        env=server_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        base, deadline = f"http://127.0.0.1:{port}", time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "mlflow server did not come up in 60 s"
-            time.sleep(0.5)
+    with mlflow_server(report["mlflow"]["tracking_uri"], timeout=60) as base:
         with urllib.request.urlopen(
             base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=sweep-test", timeout=10
         ) as resp:
@@ -250,13 +220,6 @@ def test_mlflow_ui_server_lists_the_sweep_runs(sweep):
         assert all(r["info"]["status"] == "FINISHED" for r in runs)
         names = {p["key"] for p in runs[0]["data"]["params"]}
         assert names == {"pseudo.threshold", "model.heads_emo_to_int", "model.heads_int_to_emo"}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 # ---- bad input: a ConfigError naming the key before any trial (or Ray) starts --------------------

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +22,7 @@ from meiju_ray.tracking.tracker import Tracker
 from meiju_ray.train import checkpoint
 from meiju_ray.train.engine import predict_probs
 from tests.conftest import small_config
+from tests.servers import mlflow_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -179,41 +175,15 @@ def test_teacher_checkpoint_uri_survives_path_anchoring(tmp_path):
     assert anchor_paths(cfg, tmp_path).tune.teacher_checkpoint == str(tmp_path / "t/checkpoint")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_models_through_a_real_mlflow_server(store, tmp_path):
     """Log, register and load a model over HTTP, as on a shared tracking server."""
     import mlflow
 
     from meiju_ray.tracking.models import register, resolve_checkpoint
-    from meiju_ray.tracking.ui import server_command, server_env
 
     cfg, single, _, _ = store
-    port = _free_port()
     db = "sqlite:///" + str(tmp_path / "server.db")
-    proc = subprocess.Popen(
-        server_command(db, "127.0.0.1", port),
-        env=server_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        base, deadline = f"http://127.0.0.1:{port}", time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "mlflow server did not come up in 90 s"
-            time.sleep(0.5)
+    with mlflow_server(db) as base:
         server_cfg = small_config(
             Path(cfg.data.root),
             tmp_path / "o",
@@ -233,10 +203,3 @@ def test_models_through_a_real_mlflow_server(store, tmp_path):
         np.testing.assert_allclose(out[cols].to_numpy(), ref["intent"], atol=1e-6)
         local = resolve_checkpoint(reg["uri"], base)
         assert (local / "model.pt").read_bytes() == (single / "model.pt").read_bytes()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
