@@ -25,6 +25,7 @@ BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 # the order of the sections in BENCHMARKS.md
 ORDER = [
     "time_to_quality",
+    "time_to_quality_peer",
     "throughput",
     "data_path",
     "pseudo_label",

@@ -39,6 +39,16 @@ from benchmarks.common import (
 )
 
 TITLE = "1. Time to quality: `baseline` preset vs paper model (the headline)"
+PEER_TITLE = "1b. Time to quality: the official code side by side, on the same world, in one run"
+
+
+def section_name(args) -> str:
+    """`--peer` runs get their own BENCHMARKS.md section, so section 1 keeps its own run."""
+    return "time_to_quality_peer" if args.peer else "time_to_quality"
+
+
+def section_title(args) -> str:
+    return PEER_TITLE if args.peer else TITLE
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
