@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> str:
                     round(stats["videos"] / wall, 2),
                     round(stats["videos"] / wall / actors, 2),
                     round(steady, 2),
-                    f"{stats['model_loads']} ({len(stats['videos_per_worker'])} actors worked)",
+                    f"{stats['model_loads']} ({len(stats['videos_per_worker'])} busy)",
                     (
                         f"{rates[(name, actors)] / rates[(name, 1)]:.2f}x"
                         if actors != 1 and (name, 1) in rates
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> str:
             "clips/s",
             "clips/s per actor",
             "steady clips/s (no start-up)",
-            "model loads",
+            "model loads (actors busy)",
             "vs 1 actor",
         ],
         rows,

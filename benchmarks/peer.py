@@ -188,7 +188,7 @@ def stage_command(
 def run_stage(cmd: list[str], cwd: Path, env: dict[str, str], run: StageRun, log: Path) -> None:
     """Run one peer process, time-stamping its lines into `run` and copying them to `log`."""
     t0 = time.perf_counter()
-    with log.open("a") as sink:
+    with log.open("a", buffering=1) as sink:  # line-buffered: the log can be followed live
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
@@ -253,7 +253,7 @@ def run_official(
     stages: list[StageRun] = []
     log = work / f"peer_run{run_idx}.log"
     t0 = time.perf_counter()
-    with PeakMemory(exclude_self=True) as mem:
+    with PeakMemory(exclude_self=True, interval=2.0) as mem:  # a 50-minute job
         for model in ("pretrain", "our"):
             for cv in range(1, repeats + 1):
                 run = StageRun(model, cv)

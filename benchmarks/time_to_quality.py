@@ -101,7 +101,7 @@ def train_curve(root: Path, out: Path, preset: str, overrides: list[str]) -> dic
     cfg = config(root, out, preset, *overrides)
     curve: list[tuple[float, int, float]] = []
     t0 = time.perf_counter()
-    with PeakMemory() as mem:
+    with PeakMemory(interval=2.0) as mem:  # as the peer's: sampling must not perturb the clock
         metrics = run_train(
             cfg,
             on_epoch=lambda e, m, best: curve.append(
