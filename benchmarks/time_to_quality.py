@@ -17,8 +17,8 @@ and is read after every epoch's validation. "Time to beat X" is the first epoch 
 validation joint is above X's best; the ratio is X's whole wall time over that, from one run.
 Peak memory is sampled PSS (benchmarks.common.PeakMemory).
 
-    python -m benchmarks time_to_quality --peer                    # all three, ~1.5 h on 2 cores
-    python -m benchmarks time_to_quality --peer --presets paper    # official vs ours only
+    python -m benchmarks time_to_quality --peer                    # all three: ~2 h on 2 cores
+    python -m benchmarks time_to_quality --peer --presets paper --scale 0.5   # ~45 min (1b)
 """
 
 from __future__ import annotations
