@@ -1,16 +1,16 @@
 """Extractor throughput: clips/s per actor, 1 vs 2 actors, for each `meiju-ray extract` model.
 
 Real clips (espeak-ng speech muxed with scikit-image's astronaut photograph, PyAV-encoded, as the
-tests build them; ~2-3 s each, 25 fps) go through `distributed.extract_media.run_media_job`, the
+tests build them; ~1.7 s each, 25 fps) go through `distributed.extract_media.run_media_job`, the
 Ray Data actor-pool job `extract` runs, with 1 and then 2 actors of 0.5 CPU and one torch thread.
 Models (nothing is downloaded):
   opensmile      eGeMAPS low-level descriptors (the offline default; real)
   wav2vec2-base  transformers' Wav2Vec2Config() = the wav2vec2-base architecture (95M), random
                  weights: the same compute as the trained model, not its features
   vit-base       Haar face crops at 3 fps -> ViTConfig() = ViT-B/16 at 224 px (86M), random weights
-Each row's clock covers the whole job (actor start-up and model load included, as a user sees it;
-the local cluster is started before);
-the steady rate without start-up is also shown (from the first to the last result batch).
+Each row's clock covers the whole job, actor start-up and model load included, as a user sees it
+(the local cluster is started before any clock); the steady rate without start-up is also shown
+(from the first to the last result batch).
 """
 
 from __future__ import annotations
@@ -22,12 +22,6 @@ from pathlib import Path
 from benchmarks.common import BENCH_ROOT, md_table
 
 TITLE = "7. Extractors: clips/s per actor, 1 vs 2 actors (Ray Data actor pool)"
-SENTENCES = [
-    "I love this kitchen.",
-    "Could you please pass the salt?",
-    "What a day, thank you so much.",
-    "You did it, I am so happy for you.",
-]
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +42,7 @@ def _clips(n: int) -> list[tuple[str, str]]:
     from tests import clips
 
     out = BENCH_ROOT / "extract" / "clips"
-    speech = [clips.speech(s) for s in SENTENCES]
+    speech = [clips.speech(s) for s in clips.SENTENCES]
     face = clips.picture("astronaut")
     items = []
     for i in range(n):

@@ -64,8 +64,13 @@ class StageRun:
             self.best_epoch = int(m.group(1))
 
     @property
+    def best(self) -> tuple[float, int, float, float, float]:
+        """The curve point with the best validation joint."""
+        return max(self.curve, key=lambda c: c[4])
+
+    @property
     def best_val_joint(self) -> float:
-        return max(c[4] for c in self.curve)
+        return self.best[4]
 
     @property
     def epoch_seconds(self) -> list[float]:

@@ -133,7 +133,6 @@ def _peer_row(peer: dict) -> list:
     epochs = [s for st in stages for s in st.epoch_seconds[1:]]
     our = [st for st in stages if st.model == "our"][0]
     before_our = sum(st.wall for st in stages if st.model == "pretrain")
-    best = max(our.curve, key=lambda c: c[4])
     return [
         "official code (pretrain -> our)",
         " + ".join(str(len(st.curve)) for st in stages),
@@ -141,7 +140,7 @@ def _peer_row(peer: dict) -> list:
         f"{peer['wall'] / 60:.1f} min",
         f"{peer['best_val_joint']:.3f} (our stage, epoch {our.best_epoch})",
         f"{peer['test'][2]:.3f}",
-        f"{(before_our + best[0]) / 60:.1f} min",
+        f"{(before_our + our.best[0]) / 60:.1f} min",
         "–",
         f"{peer['peak_gb']:.2f}",
     ]
@@ -187,11 +186,11 @@ def run(args: argparse.Namespace) -> str:
     if baseline:
         targets["baseline"] = baseline["metrics"]["joint"]
 
-    def beat(r: dict, name: str) -> str:
-        if r is not paper or name not in targets:
-            return "–"
-        hit = time_to_beat(r["curve"], targets[name])
-        return f"{hit[0] / 60:.2f} min (epoch {hit[1]})" if hit else "never"
+    # when the paper model first passed each: (seconds, epoch), or None
+    hits = {n: time_to_beat(paper["curve"], t) for n, t in targets.items()} if paper else {}
+    beats = " / ".join(
+        f"{hit[0] / 60:.2f} min (epoch {hit[1]})" if hit else "never" for hit in hits.values()
+    )
 
     rows = [_peer_row(peer)] if peer else []
     for r in runs.values():
@@ -205,7 +204,7 @@ def run(args: argparse.Namespace) -> str:
                 f"{m['joint']:.3f} (epoch {m['best_epoch']})",
                 f"{r['test']['joint']:.3f}",
                 f"{r['curve'][m['best_epoch'] - 1][0] / 60:.1f} min",
-                " / ".join(beat(r, n) for n in targets) if r is paper and targets else "–",
+                beats if r is paper and beats else "–",
                 f"{r['peak_gb']:.2f}",
             ]
         )
@@ -251,7 +250,7 @@ def run(args: argparse.Namespace) -> str:
         ]
     if paper:
         for name, target in targets.items():
-            hit = time_to_beat(paper["curve"], target)
+            hit = hits[name]
             other = peer["wall"] if name == "official" else baseline["wall"]
             who = "the official code" if name == "official" else "our `baseline` preset"
             if hit:
@@ -265,7 +264,7 @@ def run(args: argparse.Namespace) -> str:
                     f"- The paper model never beat {who}'s best validation joint ({target:.3f})."
                 )
         if not peer:
-            hit = time_to_beat(paper["curve"], targets["baseline"]) if baseline else None
+            hit = hits.get("baseline")
             if hit:
                 sooner_ref = ref["minutes_per_run"] * 60 / hit[0]
                 lines.append(

@@ -27,9 +27,8 @@ SHARED_NAMES = ("train", "pipeline")  # entry points named like a submodule of t
 
 
 def _entry_point(name: str):
-    from meiju_ray.tracking import (
-        api,
-    )  # outer ring: loaded on first use, never by `import meiju_ray`
+    # outer ring: loaded on first use, never by `import meiju_ray`
+    from meiju_ray.tracking import api
 
     return getattr(api, name)
 

@@ -19,6 +19,13 @@ import numpy as np
 import pytest
 
 SIZE = 256  # the astronaut's face is ~53 px at this size (the detector's minimum is 40)
+# what the clips say (the release test's transcripts; the extractor benchmark's speech)
+SENTENCES = [
+    "I love this kitchen.",
+    "Could you please pass the salt?",
+    "What a day, thank you so much.",
+    "You did it, I am so happy for you.",
+]
 
 
 def need_espeak() -> str:

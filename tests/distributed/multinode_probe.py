@@ -2,8 +2,6 @@
 this machine (Ray's own harness, ray.cluster_utils.Cluster: one raylet per node, each with its own
 CPUs), then the work the test names; prints one JSON line of results.
 
-    python -m tests.distributed.multinode_probe pseudo <world> <teacher checkpoint> <cache dir>
-    python -m tests.distributed.multinode_probe ddp <world> <output dir> <cache dir>
     python -m tests.distributed.multinode_probe pseudo_then_ddp <pool world> <teacher> <cache>
         <ddp output dir> <ddp world>
 
@@ -31,7 +29,6 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from meiju_ray.data.layout import UNLABELED  # noqa: E402
 from meiju_ray.data.packing import pack_split  # noqa: E402
 from meiju_ray.distributed.pseudo_label import infer_pool  # noqa: E402
-from meiju_ray.distributed.train import run_train  # noqa: E402
 from tests.conftest import small_config  # noqa: E402
 
 NODE = {"num_cpus": 2, "object_store_memory": 150 * 2**20}
@@ -49,7 +46,12 @@ def _actor_nodes() -> dict[str, str]:
 def pseudo_then_ddp(world: str, teacher: str, cache: str, out: str, ddp_world: str) -> dict:
     """Both scenarios on one cluster (one start-up): pseudo-labelling on three nodes, one of them
     removed mid-run; then DDP with one worker per node, and a worker's node removed mid-run."""
-    result, cluster = pseudo(world, teacher, cache, keep=True)
+    cluster = Cluster(initialize_head=True, head_node_args=NODE)
+    cluster.add_node(**NODE)
+    cluster.add_node(**NODE)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    result = pseudo(cluster, world, teacher, cache)
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     return {**result, **ddp_node_lost(cluster, ddp_world, out, cache)}
 
@@ -114,14 +116,11 @@ def ddp_node_lost(cluster, world: str, out: str, cache: str) -> dict:
     }
 
 
-def pseudo(world: str, teacher: str, cache: str, keep: bool = False):
-    """Ray Data pseudo-labelling with 3 one-CPU actors on nodes of 2 CPUs (so on at least two
-    nodes), against the in-process result; then again while the node of one actor is removed
-    mid-run (a spare node takes its place)."""
-    cluster = Cluster(initialize_head=True, head_node_args=NODE)
-    workers = [cluster.add_node(**NODE), cluster.add_node(**NODE)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
+def pseudo(cluster, world: str, teacher: str, cache: str) -> dict:
+    """Ray Data pseudo-labelling with 3 one-CPU actors on the cluster's nodes of 2 CPUs (so on at
+    least two nodes), against the in-process result; then again while the (non-head) node of one
+    actor is removed mid-run (a spare node takes its place)."""
+    workers = list(cluster.worker_nodes)
     cfg = small_config(
         world,
         f"{cache}/unused",
@@ -156,7 +155,7 @@ def pseudo(world: str, teacher: str, cache: str, keep: bool = False):
     ids2, emo2, int2 = infer_pool(cfg, teacher, packed, "ray_data")
     finished = time.time()
     remover.join(5)
-    result = {
+    return {
         "n_nodes_with_actors": len(seen_nodes),
         "ids_equal": ids0 == ids1 == ids2,
         "n_rows": len(ids0),
@@ -166,33 +165,12 @@ def pseudo(world: str, teacher: str, cache: str, keep: bool = False):
         "removed_before_the_end": bool(removed) and removed["at"] < finished,
         "seconds": round(finished - t0, 1),
     }
-    return (result, cluster) if keep else result
-
-
-def ddp(world: str, out: str, cache: str, connected: bool = False) -> dict:
-    """Ray Train DDP with 2 workers of 2 CPUs on two nodes of 2 CPUs: one worker per node."""
-    if not connected:
-        cluster = Cluster(initialize_head=True, head_node_args=NODE)
-        cluster.add_node(**NODE)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address)
-    cfg = small_config(
-        world,
-        out,
-        f"data.cache_dir={cache}",
-        "train.epochs=4",
-        "scaling.num_workers=2",
-        "scaling.cpus_per_worker=2",
-        "tracking.enabled=false",
-    )
-    metrics = run_train(cfg)
-    return {"ddp_joint": metrics["joint"], "ddp_nodes": len([n for n in ray.nodes() if n["Alive"]])}
 
 
 if __name__ == "__main__":
     scenario, *args = sys.argv[1:]
     try:
-        result = {"pseudo": pseudo, "ddp": ddp, "pseudo_then_ddp": pseudo_then_ddp}[scenario](*args)
+        result = {"pseudo_then_ddp": pseudo_then_ddp}[scenario](*args)
     except BaseException:
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()

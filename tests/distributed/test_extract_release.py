@@ -15,12 +15,7 @@ from tests import clips
 
 pytestmark = pytest.mark.ray
 
-SENTENCES = [
-    "I love this kitchen.",
-    "Could you please pass the salt?",
-    "What a day, thank you so much.",
-    "You did it, I am so happy for you.",
-]
+SENTENCES = clips.SENTENCES
 EMOTIONS = ["happy", "neutral", "sad", "surprise"]
 INTENTS = ["acknowledging", "questioning", "consoling", "encouraging"]
 
