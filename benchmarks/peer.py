@@ -34,7 +34,18 @@ _VAL = re.compile(
     r"joint_metric ([\d.]+)"
 )
 _TEST = re.compile(r"Tst result emo_metric ([\d.]+) int_metric ([\d.]+) joint_metric ([\d.]+)")
-_BEST = re.compile(r"Best eval epoch (\d+)")
+_BEST = re.compile(r"Best eval epoch (-?\d+)")
+# The peer seeds nothing itself (its --random_seed only reaches DataLoader workers), so every run
+# of it is a different draw. This launcher seeds Python, NumPy and torch, then runs the unchanged
+# train_baseline.py as __main__ with the peer's directory first on sys.path, as `python script`
+# would. argv: seed, script, the script's own arguments.
+SEEDED_LAUNCHER = (
+    "import os, random, runpy, sys; import numpy, torch; "
+    "seed = int(sys.argv[1]); random.seed(seed); numpy.random.seed(seed); torch.manual_seed(seed); "
+    "script = sys.argv[2]; sys.argv = sys.argv[2:]; "
+    "sys.path.insert(0, os.path.dirname(os.path.abspath(script))); "
+    "runpy.run_path(script, run_name='__main__')"
+)
 
 
 class PeerError(RuntimeError):
@@ -136,13 +147,24 @@ def schedule(model: str, epochs: int | None) -> tuple[int, int]:
 
 
 def stage_command(
-    python: str, peer_dir: Path, model: str, cv: int, run_idx: int, epochs: int | None, best_cv: int
+    python: str,
+    peer_dir: Path,
+    model: str,
+    cv: int,
+    run_idx: int,
+    epochs: int | None,
+    best_cv: int,
+    seed: int,
 ) -> list[str]:
     """The shipped scripts/Track1/Mandarin_{pretrain,our}_balance.sh line, CPU settings from RUN.md
-    §3 (gpu -1, DataLoader workers 0, intra-op threads from OMP_NUM_THREADS)."""
+    §3 (gpu -1, DataLoader workers 0, intra-op threads from OMP_NUM_THREADS), seeded by
+    SEEDED_LAUNCHER."""
     niter, decay = schedule(model, epochs)
     cmd = [
         python,
+        "-c",
+        SEEDED_LAUNCHER,
+        str(seed),
         str(peer_dir / "train_baseline.py"),
         "--dataset_mode=multimodal",
         f"--model={model}",
@@ -211,6 +233,14 @@ def run_stage(cmd: list[str], cwd: Path, env: dict[str, str], run: StageRun, log
                 print(f"[peer] {run.model} cv{run.cv}: {line.split(' - ')[-1].strip()}", flush=True)
         rc = proc.wait()
     run.wall = time.perf_counter() - t0
+    if run.best_epoch == -1:
+        # the peer keeps best_eval_epoch = -1 unless some epoch's val joint beats 0, then fails to
+        # load the checkpoint "-1_net_*.pth" for its test pass
+        raise PeerError(
+            f"the peer's {run.model} stage (cvNo {run.cv}) scored val joint 0 in every epoch, so "
+            "it has no best epoch to test (the official code then looks for -1_net_*.pth); give "
+            f"it more epochs, a larger world or another --peer-seed. Log: {log}"
+        )
     if rc != 0 or run.test is None or not run.curve:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise PeerError(
@@ -233,10 +263,12 @@ def run_official(
     repeats: int = 1,
     epochs: int | None = None,
     peer_dir: Path = DEFAULT_PEER_DIR,
+    seed: int = 0,
 ) -> dict:
     """The official Track 1 Mandarin recipe on `root`: `repeats` pretrain runs, then `repeats` our
     runs from pretrain repeat 1 (the shipped scripts run 3 and 3 from repeat 2; one repeat each is
-    one "run" of the official code). `epochs` per stage: the shipped 60 when None."""
+    one "run" of the official code). `epochs` per stage: the shipped 60 when None. Repeat k of
+    either stage is seeded with `seed + k - 1`, so a run is repeatable."""
     if not (peer_dir / "train_baseline.py").is_file():
         raise PeerError(
             f"{peer_dir}: no train_baseline.py (the official baseline with its CPU patches; "
@@ -262,7 +294,9 @@ def run_official(
         for model in ("pretrain", "our"):
             for cv in range(1, repeats + 1):
                 run = StageRun(model, cv)
-                cmd = stage_command(python, peer_dir, model, cv, run_idx, epochs, best_cv=1)
+                cmd = stage_command(
+                    python, peer_dir, model, cv, run_idx, epochs, best_cv=1, seed=seed + cv - 1
+                )
                 run_stage(cmd, run_dir, env, run, log)
                 stages.append(run)
     wall = time.perf_counter() - t0

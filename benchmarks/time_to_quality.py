@@ -6,7 +6,8 @@ Track-1-Mandarin-sized synthetic world (2294/324/643 labelled rows, A512/V342/L7
 lengths), with all cores' torch threads:
   official  with --peer: the official baseline code itself (benchmarks/peer.py; never copied
             here), its Track 1 Mandarin recipe: pretrain stage (60 epochs), then the `our` stage
-            (60 epochs) initialised from it; best epoch by validation joint, test at that epoch
+            (60 epochs) initialised from it; best epoch by validation joint, test at that epoch;
+            seeded by --peer-seed (its own code seeds nothing, so unseeded runs differ)
   baseline  experiments/baseline.yaml (official topology: per-task LSTM/LSTM/TextCNN encoders,
             its Adam 2e-4 / 15 constant + 45 linear epochs, best epoch by validation joint, no early
             stop; masked and length-bucketed, one stage)
@@ -92,6 +93,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="epochs per peer stage (default: the shipped 60); fewer for a quick look",
     )
+    p.add_argument(
+        "--peer-seed",
+        type=int,
+        default=0,
+        help="seed of the peer's first repeat (repeat k: seed + k - 1); its code seeds nothing",
+    )
     p.add_argument("--override", nargs="*", default=[], help="extra key=value for our runs")
 
 
@@ -164,6 +171,7 @@ def run(args: argparse.Namespace) -> str:
             repeats=args.peer_repeats,
             epochs=args.peer_epochs,
             peer_dir=args.peer_dir or official.DEFAULT_PEER_DIR,
+            seed=args.peer_seed,
         )
     t0 = time.perf_counter()
     cfg = config(root, base / "pack", "paper")
@@ -233,7 +241,8 @@ def run(args: argparse.Namespace) -> str:
         st = peer["stages"]
         lines += [
             f"The official code ran from `{(args.peer_dir or official.DEFAULT_PEER_DIR).name}` "
-            f"(never copied into this project): {args.peer_repeats} repeat(s) per stage, epochs "
+            f"(never copied into this project): {args.peer_repeats} repeat(s) per stage from seed "
+            f"{args.peer_seed}, epochs "
             + ", ".join(f"{s.model} {len(s.curve)}" for s in st)
             + f"; its test score is the `our` stage's at its best validation epoch (RUN.md §5). "
             f"Peak memory: the peer's process tree; ours: this benchmark process (world, model, "

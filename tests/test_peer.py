@@ -55,6 +55,22 @@ def test_a_python_without_the_peers_imports_is_named_with_the_fix(tmp_path):
         peer.peer_python(str(fake))
 
 
+def test_a_peer_stage_with_no_best_epoch_is_explained(tmp_path):
+    # what the official code prints when no epoch's val joint beats 0, before it fails to load
+    # "-1_net_EmoA.pth"
+    fake = tmp_path / "fake_peer.py"
+    fake.write_text(
+        "import sys\n"
+        "print('Val result of epoch 1 / 1 emo_metric 0.0192 int_metric 0.0 joint_metric 0.0')\n"
+        "print('Best eval epoch -1 found with Joint Metric 0 0 0')\n"
+        "sys.exit(1)\n"
+    )
+    run = peer.StageRun("our", 1)
+    with pytest.raises(peer.PeerError, match="val joint 0 in every epoch.*--peer-seed"):
+        peer.run_stage([sys.executable, str(fake)], tmp_path, {}, run, tmp_path / "peer.log")
+    assert run.best_epoch == -1 and len(run.curve) == 1
+
+
 def test_a_missing_peer_dir_is_named(tmp_path):
     write_world(tmp_path / "w", seed=0, scale=0.02, unlabeled=10)
     with pytest.raises(peer.PeerError, match="no train_baseline.py"):
@@ -68,7 +84,8 @@ def test_official_recipe_runs_on_our_world_and_scores_the_test_split(tmp_path):
     before = (root / "Annotation" / "Testing_files.txt").read_text()
     python = peer.peer_python(None)  # the test extras carry what the peer imports
 
-    out = peer.run_official(root, tmp_path / "work", python, threads=1, epochs=2)
+    # seeded: unseeded, 2 epochs on 16 validation rows once scored val joint 0 in every epoch
+    out = peer.run_official(root, tmp_path / "work", python, threads=1, epochs=2, seed=0)
 
     stages = out["stages"]
     assert [(s.model, len(s.curve)) for s in stages] == [("pretrain", 2), ("our", 2)]
