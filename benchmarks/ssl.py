@@ -19,6 +19,7 @@ keeps the pool's and the Testing split's true labels; each dataset gets its own 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -71,6 +72,8 @@ CLASS_AWARE = [
     *NO_NOISE,
 ]
 ONLINE = ["pseudo.enabled=false", "consistency.weight=1.0"]  # one stage: no teacher pass
+# self-supervised pre-training of encoders + fusion on labelled + pool rows (train/pretrain.py)
+PRETRAIN = ["pretrain.epochs=30"]
 # recipe name -> (what it is, config overrides of the student stage)
 # imported real corpora: name -> (what it is, the command that imports it)
 REAL = {
@@ -166,6 +169,16 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "soft_kd+noise+align": (
         "soft distillation, aligned teacher, noised student",
         SOFT + NOISE + ["pseudo.align=true"],
+    ),
+    "pretrain": (
+        "self-supervised pre-training (NT-Xent between noised views of labelled + pool rows), "
+        "then the supervised model from it; no pseudo-labels",
+        PRETRAIN + ["pseudo.enabled=false"],
+    ),
+    "pretrain+ens3+soft_kd+noise": (
+        "the default (ens3+soft_kd+noise) with every teacher seed and the student starting from "
+        "the pre-trained encoders + fusion",
+        PRETRAIN + SOFT + NOISE + ["pseudo.teachers=3"],
     ),
 }
 
@@ -300,6 +313,7 @@ def _one(name: str, seed: int, root: Path, base: Path, args) -> dict:
     from meiju_ray.distributed.pseudo_label import run_pseudo_label
     from meiju_ray.distributed.train import run_train
     from meiju_ray.pseudo.labelling import load_pseudo_rows
+    from meiju_ray.train import checkpoint
     from meiju_ray.train.inference import hidden_test_scores
 
     teacher_dir = base / f"seed{seed}" / "supervised"
@@ -326,8 +340,10 @@ def _one(name: str, seed: int, root: Path, base: Path, args) -> dict:
     # one teacher unless the recipe says otherwise: the config's default is itself a recipe
     # (ens3+soft_kd+noise)
     cfg = _config(root, out, args, f"seed={seed}", "pseudo.teachers=1", *RECIPES[name][1])
-    if not cfg.pseudo.enabled:  # a one-stage method (online consistency): no teacher pass
-        run_train(cfg)
+    backbone, pretrain_s = _backbone(cfg, seed, base) if cfg.pretrain.epochs > 0 else (None, 0.0)
+    t0 -= pretrain_s  # each arm that uses the seed's backbone is charged for it
+    if not cfg.pseudo.enabled:  # a one-stage method (online consistency, pre-training): no pass
+        run_train(cfg, init_from=backbone)
         return {
             "test": hidden_test_scores(out / "checkpoint"),
             "seconds": time.time() - t0,
@@ -335,12 +351,17 @@ def _one(name: str, seed: int, root: Path, base: Path, args) -> dict:
         }
     teacher = teacher_dir / "checkpoint"
     if cfg.pseudo.teachers > 1:
-        teacher = _ensemble(cfg.pseudo.teachers, seed, root, base, args)
+        teacher = _ensemble(cfg.pseudo.teachers, seed, root, base, args, backbone)
+    elif backbone is not None:  # the `pretrain` arm's model teaches
+        teacher = base / f"seed{seed}" / "pretrain" / "checkpoint"
+        if not (teacher / checkpoint.WEIGHTS).is_file():
+            arm = _config(root, teacher.parent, args, f"seed={seed}", *RECIPES["pretrain"][1])
+            run_train(arm, init_from=backbone)
     for r in range(1, cfg.pseudo.rounds + 1):  # round r's student teaches round r + 1
         labels = out / "pseudo" if r == 1 else out / f"pseudo_round{r}"
         info = run_pseudo_label(cfg, teacher, labels)
         extra = load_pseudo_rows(cfg, labels)
-        init = teacher if cfg.pseudo.student_init == "teacher" else None
+        init = teacher if cfg.pseudo.student_init == "teacher" else backbone
         run_train(cfg, extra_train=extra, init_from=init)
         if r < cfg.pseudo.rounds:
             teacher = out / "teacher_next"
@@ -354,16 +375,32 @@ def _one(name: str, seed: int, root: Path, base: Path, args) -> dict:
     }
 
 
-def _ensemble(n: int, seed: int, root: Path, base: Path, args) -> Path:
-    """The n-seed teacher ensemble of this seed (trained once, in parallel Ray tasks)."""
+def _backbone(cfg, seed: int, base: Path) -> tuple[Path, float]:
+    """This seed's pre-trained encoders + fusion (trained once per pretrain setting) and the
+    seconds it took."""
+    from meiju_ray.train import checkpoint
+    from meiju_ray.train.pretrain import run_pretrain
+
+    setting = json.dumps(cfg.to_dict()["pretrain"], sort_keys=True)
+    out = base / f"seed{seed}" / f"backbone_{hashlib.sha256(setting.encode()).hexdigest()[:8]}"
+    if not (out / "checkpoint" / checkpoint.WEIGHTS).is_file():
+        run_pretrain(cfg, out)
+    return out / "checkpoint", float(checkpoint.read_meta(out / "checkpoint")["seconds"])
+
+
+def _ensemble(
+    n: int, seed: int, root: Path, base: Path, args, backbone: Path | None = None
+) -> Path:
+    """The n-seed teacher ensemble of this seed (trained once, in parallel Ray tasks); with a
+    pre-trained `backbone`, every member starts from it."""
     from meiju_ray.distributed.ensemble import train_teachers
     from meiju_ray.train import checkpoint
 
-    out = base / f"seed{seed}" / f"ensemble{n}"
+    out = base / f"seed{seed}" / (f"ensemble{n}" + ("" if backbone is None else "_pretrained"))
     ckpt = out / "teacher" / "checkpoint"
     if not (ckpt / checkpoint.ENSEMBLE).is_file():
         cfg = _config(root, out, args, f"seed={seed}", "train.num_threads=1", "ray.num_cpus=2")
-        train_teachers(cfg, out, n)
+        train_teachers(cfg, out, n, backbone)
     return ckpt
 
 

@@ -315,6 +315,29 @@ class ConsistencyConfig:
 
 
 @_section
+class PretrainConfig:
+    """Self-supervised pre-training of the encoders + fusion before the pipeline's teacher, on the
+    labelled rows' and the unlabelled pool's features (SimCLR / SCARF form on feature-level
+    views): two noised views of each row, the fused embedding through a projection head, NT-Xent
+    between the two views of a row against every other row in the batch. Every model stage of the
+    pipeline (each teacher seed, each student) then starts from these encoders and fusion, with
+    heads of its own seed. Runs in the pipeline's driver process on train.device. epochs 0 = off."""
+
+    epochs: NonNegativeInt = 0
+    batch_size: Annotated[Int, Field(ge=2)] = 256  # rows per step: the other 2B-2 views are the
+    #   negatives
+    lr: PositiveFloat = 1e-3
+    temperature: PositiveFloat = 0.1  # NT-Xent: cosine similarity / T
+    projection_dim: PositiveInt = 64  # the projection head (discarded after pre-training)
+    pool: Bool = True  # also the unlabelled pool's rows (false: the labelled training rows only)
+    noise: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(
+            modality_dropout=0.2, frame_mask=0.3, feature_dropout=0.1, gaussian_mix=0.3
+        )
+    )  # each view's noise (apply_to is ignored: every row is noised)
+
+
+@_section
 class TrackingConfig:
     enabled: Bool = True
     uri: Str = ""  # "" = sqlite:///<abs output_dir/..>/mlflow.db; or http://...
@@ -387,6 +410,7 @@ class ExperimentConfig:
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tune: SweepConfig = field(default_factory=SweepConfig)

@@ -1,5 +1,7 @@
 """`meiju-ray pipeline`: teacher -> pseudo-labels -> student -> validation + submission.csv.
 
+    <output_dir>/pretrain/          with pretrain.epochs > 0: the self-supervised encoders + fusion
+                                    every model below starts from (checkpoint/, stage.json)
     <output_dir>/teacher/           supervised-only model (checkpoint/, metrics.json, history.json)
     <output_dir>/pseudo_r<k>/       pseudo_labels.parquet + summary.json of round k
     <output_dir>/student_r<k>/      student of round k (labelled + pseudo-labelled rows)
@@ -48,6 +50,8 @@ from meiju_ray.tracking.tracker import (
 from meiju_ray.train import checkpoint
 from meiju_ray.train.consistency import teacher_config
 from meiju_ray.train.inference import evaluate_checkpoint, hidden_test_scores, predict_checkpoint
+from meiju_ray.train.pretrain import is_active as pretrain_active
+from meiju_ray.train.pretrain import run_pretrain
 from meiju_ray.train.reference import logistic_reference
 
 log = logging.getLogger("meiju_ray")
@@ -62,7 +66,8 @@ def _train_stage(
     cfg: ExperimentConfig, tracker: Tracker, name: str, extra=None, init_from: Path | None = None
 ) -> dict:
     """Train one model in <output_dir>/<name> inside a nested MLflow run; log curves and artifacts.
-    `init_from`: a checkpoint whose weights the model starts from (pseudo.student_init=teacher)."""
+    `init_from`: a checkpoint whose weights the model starts from (pseudo.student_init=teacher,
+    or the pre-trained backbone)."""
     stage = _stage_cfg(cfg, name)
     with tracker.run(name, nested=True, tags={"stage": name.split("_")[0]}):
         tracker.log_config(stage)
@@ -114,13 +119,28 @@ def _score_stage(
         )
 
 
-def _ensemble_stage(cfg: ExperimentConfig, tracker: Tracker, n: int) -> dict:
+def _pretrain_stage(cfg: ExperimentConfig, tracker: Tracker) -> dict:
+    """Self-supervised pre-training of encoders + fusion (train/pretrain.py) into
+    <output_dir>/pretrain/checkpoint; MLflow: a nested run "pretrain" with its loss per epoch."""
+    out = Path(cfg.output_dir) / "pretrain"
+    with tracker.run("pretrain", nested=True, tags={"stage": "pretrain"}):
+        tracker.log_config(_stage_cfg(cfg, "pretrain"))
+        result = run_pretrain(cfg, out, on_epoch=tracker.log_epoch)
+        tracker.log_metrics(
+            {"pretrain_rows": result["rows"], "pretrain_final_loss": result["loss_last"]}
+        )
+    return result
+
+
+def _ensemble_stage(
+    cfg: ExperimentConfig, tracker: Tracker, n: int, init_from: Path | None = None
+) -> dict:
     """N teacher seeds in parallel on Ray (distributed.ensemble), scored as one ensemble; MLflow:
     a nested run "teacher" with the ensemble's scores and each member's."""
     out = Path(cfg.output_dir)
     with tracker.run("teacher", nested=True, tags={"stage": "teacher", "ensemble": str(n)}):
         tracker.log_config(_stage_cfg(cfg, "teacher"))
-        ckpt, members = train_teachers(cfg, out, n)
+        ckpt, members = train_teachers(cfg, out, n, init_from)
         metrics = {
             "ensemble_of": n,
             "members": [{k: m[k] for k in SCORES} for m in members],
@@ -152,7 +172,17 @@ def _pseudo_stage(cfg: ExperimentConfig, tracker: Tracker, teacher_ckpt: Path, n
 
 STAGE_FILE = "stage.json"  # in each finished stage's directory: its fingerprint and its result
 # what a model stage's result depends on (tracking, ray, tune and output_dir do not change it)
-MODEL_SECTIONS = ("seed", "data", "model", "loss", "train", "scaling", "augment", "consistency")
+MODEL_SECTIONS = (
+    "seed",
+    "data",
+    "model",
+    "loss",
+    "train",
+    "scaling",
+    "augment",
+    "consistency",
+    "pretrain",
+)
 
 
 def fingerprint(cfg: ExperimentConfig, sections: tuple[str, ...], *upstream: str) -> str:
@@ -287,6 +317,15 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
             reference["int"],
             reference["joint"],
         )
+        backbone, pretrained = None, None
+        if pretrain_active(cfg):
+            log.info("[1a] self-supervised pre-training: encoders + fusion, labelled + pool rows")
+            fp = fingerprint(cfg, ("seed", "data", "model", "train", "pseudo", "pretrain"))
+            pretrained = reuse_or_run(
+                out / "pretrain", "pretrain", fp, resume, partial(_pretrain_stage, cfg, tracker)
+            )
+            backbone = out / "pretrain" / "checkpoint"
+            t = lap("pretrain", t)
         log.info("[1] teacher: labelled data only")
         teacher_cfg = teacher_config(cfg)
         n_teachers = cfg.pseudo.teachers if cfg.pseudo.enabled else 1
@@ -297,9 +336,9 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
             upstream,
             resume,
             lambda: (
-                _ensemble_stage(teacher_cfg, tracker, n_teachers)
+                _ensemble_stage(teacher_cfg, tracker, n_teachers, backbone)
                 if n_teachers > 1
-                else _train_stage(teacher_cfg, tracker, "teacher")
+                else _train_stage(teacher_cfg, tracker, "teacher", init_from=backbone)
             ),
         )
         t = lap("teacher", t)
@@ -331,7 +370,7 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
                     r,
                     len(extra),
                 )
-                init = None
+                init = backbone  # None without pre-training: from scratch
                 if cfg.pseudo.student_init == "teacher":  # an ensemble: its first member
                     init = (checkpoint.ensemble_members(current_ckpt) or [current_ckpt])[0]
                 upstream = fingerprint(cfg, (*MODEL_SECTIONS, "pseudo"), upstream)
@@ -398,6 +437,7 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
             ),
             "n_pseudo": rounds[-1]["n_pseudo"] if rounds else 0,
             "rounds": rounds,
+            **({"pretrain": pretrained} if pretrained else {}),
             "reference_logistic": reference,
             "majority_baseline": teacher["majority_baseline"],
             "final_model": str(current_ckpt),

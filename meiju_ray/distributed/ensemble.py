@@ -35,15 +35,21 @@ def member_configs(cfg: ExperimentConfig, out: Path, n: int) -> list[ExperimentC
     ]
 
 
-def _train_member(cfg_dict: dict) -> dict:
+def _train_member(cfg_dict: dict, init_from: str | None = None) -> dict:
     from meiju_ray.distributed.train import run_train
 
-    return run_train(ExperimentConfig.from_dict(cfg_dict))
+    return run_train(
+        ExperimentConfig.from_dict(cfg_dict), init_from=Path(init_from) if init_from else None
+    )
 
 
-def train_teachers(cfg: ExperimentConfig, out: Path, n: int) -> tuple[Path, list[dict]]:
+def train_teachers(
+    cfg: ExperimentConfig, out: Path, n: int, init_from: Path | None = None
+) -> tuple[Path, list[dict]]:
     """Train n teacher seeds (in parallel where they are in-process runs) and write the ensemble
-    checkpoint <out>/teacher/checkpoint; returns it and the members' metrics."""
+    checkpoint <out>/teacher/checkpoint; returns it and the members' metrics. `init_from`: a
+    checkpoint every member starts from (a pre-trained backbone: its heads from its own seed)."""
+    init = str(init_from) if init_from is not None else None
     import ray
 
     from meiju_ray.distributed.cluster import init_ray
@@ -51,7 +57,7 @@ def train_teachers(cfg: ExperimentConfig, out: Path, n: int) -> tuple[Path, list
     members = member_configs(cfg, Path(out), n)
     s = cfg.scaling
     if s.num_workers >= 1:
-        results = [_train_member(m.to_dict()) for m in members]
+        results = [_train_member(m.to_dict(), init) for m in members]
     else:
         init_ray(cfg.ray)
         threads = max(1, int(s.cpus_per_worker))
@@ -68,7 +74,8 @@ def train_teachers(cfg: ExperimentConfig, out: Path, n: int) -> tuple[Path, list
             task.remote(
                 dataclasses.replace(
                     m, train=dataclasses.replace(m.train, num_threads=threads)
-                ).to_dict()
+                ).to_dict(),
+                init,
             )
             for m in members
         ]

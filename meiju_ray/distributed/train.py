@@ -37,6 +37,7 @@ from meiju_ray.fileio import locked_dir
 from meiju_ray.model.network import build_model
 from meiju_ray.train import augment
 from meiju_ray.train import consistency as cons
+from meiju_ray.train.checkpoint import is_backbone, load_into
 from meiju_ray.train.engine import (
     FitResult,
     fit,
@@ -103,8 +104,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     # [2] Model: DDP over gloo (CPU) or nccl (GPU); device from Ray.
     model = build_model(cfg)
-    if config.get("init") is not None:
-        model.load_state_dict(ray.get(config["init"]))
+    if config.get("init") is not None:  # a student's teacher, or a pre-trained backbone
+        load_into(model, ray.get(config["init"]), Path(config["init_path"]), config["init_partial"])
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, cfg.train)
@@ -296,6 +297,8 @@ def _run_distributed(cfg, extra_train, on_epoch, init_from) -> dict:
         "train": ray.put(train),
         "val": ray.put(val),
         "init": initial,
+        "init_path": str(init_from),
+        "init_partial": init_from is not None and is_backbone(init_from),
     }
     log.info(
         "Ray Train: starting %d workers x %g CPU%s on %d training rows (the worker group and the "

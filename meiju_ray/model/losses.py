@@ -100,3 +100,15 @@ def joint_loss(
     if "intent_fused" in parts:
         total = total + cfg.intent_weight * parts["intent_fused"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: z1, z2 (B, P) are two views of the same B rows. Each of the 2B views is
+    classified among the other 2B - 1 by cosine similarity / temperature, its own other view
+    being the right answer; the mean cross-entropy over the 2B views."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2B, P)
+    sim = (z @ z.T) / temperature  # (2B, 2B)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, positive)

@@ -257,6 +257,15 @@ class JointModel(nn.Module):
         ]
         return torch.stack(feats, dim=1)  # (B, M, H)
 
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, W) fused embedding before the task adapters and heads, W = M*H (shared encoders)
+        or 2*M*H (one stack per task): what self-supervised pre-training contrasts."""
+        if self.shared:
+            return self.fusions["shared"](self._encode(batch, "")).flatten(1)
+        return torch.cat(
+            [self.fusions[t](self._encode(batch, f"{t}_")).flatten(1) for t in TASKS], dim=1
+        )
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.shared:
             raw = self._encode(batch, "")
@@ -293,6 +302,11 @@ def build_model(cfg: ExperimentConfig) -> JointModel:
     return JointModel(
         cfg.model, cfg.data.modalities, len(cfg.data.emotion_labels), len(cfg.data.intent_labels)
     )
+
+
+# the weights self-supervised pre-training trains (train/pretrain.py): encoders and fusion; task
+# adapters, cross-task attention and heads start fresh in every model that starts from them
+BACKBONE_PREFIXES = ("encoders.", "fusions.")
 
 
 def count_parameters(model: nn.Module) -> int:

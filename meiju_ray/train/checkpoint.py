@@ -116,11 +116,18 @@ def load_weights(directory: str | os.PathLike, device: str | torch.device = "cpu
     return state
 
 
-def load_into(model: torch.nn.Module, state: dict, path: Path) -> None:
+def is_backbone(directory: str | os.PathLike) -> bool:
+    """A pre-trained backbone checkpoint (train/pretrain.py): it holds encoders + fusion only."""
+    return read_meta(Path(directory)).get("init") == "backbone"
+
+
+def load_into(model: torch.nn.Module, state: dict, path: Path, partial: bool = False) -> None:
     """model.load_state_dict, with a one-line CheckpointError when the weights belong to another
-    architecture (other keys or shapes than the config.yaml beside them describes)."""
+    architecture (other keys or shapes than the config.yaml beside them describes). `partial`:
+    `state` may hold a subset of the model's keys (a backbone checkpoint); the rest keep the
+    model's own values."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [] if partial else [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
@@ -137,7 +144,7 @@ def load_into(model: torch.nn.Module, state: dict, path: Path) -> None:
             f"{path}: the weights are of another architecture than {path.parent / CONFIG} "
             f"describes: {', '.join(parts)}"
         )
-    model.load_state_dict(state)
+    model.load_state_dict({**own, **state} if partial else state)
 
 
 class EnsembleModel(torch.nn.Module):

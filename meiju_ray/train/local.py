@@ -84,7 +84,8 @@ def pool_batch_size(cfg: ExperimentConfig, world_size: int = 1) -> int:
 
 
 def initial_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """The state_dict of a saved checkpoint (a student starting from its teacher)."""
+    """The state_dict of a saved checkpoint (a student starting from its teacher), or of a
+    pre-trained backbone (encoders + fusion only: checkpoint.is_backbone)."""
     return checkpoint.load_weights(checkpoint_dir)
 
 
@@ -253,7 +254,12 @@ def _run_local(cfg, extra_train, on_epoch, init_from) -> dict:
         seed_everything(cfg.seed)
         model = build_model(cfg)
         weights = initial_weights(init_from)
-        checkpoint.load_into(model, weights, Path(init_from) / checkpoint.WEIGHTS)
+        checkpoint.load_into(
+            model,
+            weights,
+            Path(init_from) / checkpoint.WEIGHTS,
+            partial=checkpoint.is_backbone(init_from),
+        )
     pool = load_pool(cfg)
     if pool is not None:
         log.info("online consistency on %d unlabelled rows (EMA teacher)", len(pool))
