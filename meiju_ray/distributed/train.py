@@ -266,6 +266,12 @@ def run_train(
     """`meiju-ray train`: in this process when scaling.num_workers == 0, else on Ray Train workers.
     Both write the same outputs (checkpoint/, metrics.json, history.json, config.yaml).
     `init_from`: a checkpoint directory whose weights the model starts from."""
+    if cfg.pretrain.epochs > 0 and init_from is None:
+        log.warning(
+            "pretrain.epochs=%d: pre-training is a stage of `pipeline`; this run starts from "
+            "scratch (run `pipeline`, or start from its <output_dir>/pretrain/checkpoint)",
+            cfg.pretrain.epochs,
+        )
     if cfg.scaling.num_workers >= 1:
         return run_distributed(cfg, extra_train, on_epoch, init_from)
     return run_local(cfg, extra_train, on_epoch, init_from)

@@ -402,6 +402,12 @@ def run_tune(cfg: ExperimentConfig, resume: bool = False, address: str | None = 
     from ray.tune.schedulers import ASHAScheduler
 
     check_required(cfg)
+    if cfg.pretrain.epochs > 0:
+        log.warning(
+            "pretrain.epochs=%d: pre-training is a stage of `pipeline`; the sweep's teacher and "
+            "trials start from scratch",
+            cfg.pretrain.epochs,
+        )
     original = cfg
     cfg = anchor_paths(cfg, os.getcwd())  # trials run with their CWD in the trial dir
     if not cfg.train.num_threads:  # one torch thread per CPU of a trial, never all cores
