@@ -185,6 +185,16 @@ MODEL_SECTIONS = (
 )
 
 
+def uses_pool(cfg: ExperimentConfig) -> bool:
+    """Whether a stage reads the unlabelled pool: pseudo-labels, online consistency, or
+    pre-training on it."""
+    return (
+        cfg.pseudo.enabled
+        or cfg.consistency.weight > 0
+        or (pretrain_active(cfg) and cfg.pretrain.pool)
+    )
+
+
 def fingerprint(cfg: ExperimentConfig, sections: tuple[str, ...], *upstream: str) -> str:
     """sha256 of the config sections a stage's result depends on, the packed caches of the splits
     it reads (their directory names carry the packing key: the feature files' sizes and times) and
@@ -193,7 +203,7 @@ def fingerprint(cfg: ExperimentConfig, sections: tuple[str, ...], *upstream: str
     caches = [
         pack_split(cfg.data, split).name
         for split in (cfg.data.train_split, cfg.data.val_split)
-        + ((UNLABELED,) if cfg.pseudo.enabled or cfg.consistency.weight > 0 else ())
+        + ((UNLABELED,) if uses_pool(cfg) else ())
     ]
     payload = {"config": {k: tree[k] for k in sections}, "caches": caches, "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -268,11 +278,10 @@ def preflight(cfg: ExperimentConfig) -> None:
     """Everything the stages will read, checked (and packed, which reads every feature file)
     before the teacher's first epoch: the labelled splits, the test split, and the pool when a
     stage uses it. A missing or empty pool, a leak between splits or a bad file fails here."""
-    uses_pool = cfg.pseudo.enabled or cfg.consistency.weight > 0
-    check_splits(cfg.data, test=True, pool=uses_pool)
+    check_splits(cfg.data, test=True, pool=uses_pool(cfg))
     progress = lambda msg: log.info(msg)  # noqa: E731
     splits = [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split]
-    for split in splits + ([UNLABELED] if uses_pool else []):
+    for split in splits + ([UNLABELED] if uses_pool(cfg) else []):
         pack_split(cfg.data, split, progress)
 
 
@@ -300,8 +309,7 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
                 out / STATE_FILE, {"parent_run_id": parent_id, "tracking_uri": tracker.uri}
             )
         tracker.log_config(cfg)
-        uses_pool = cfg.pseudo.enabled or cfg.consistency.weight > 0
-        log_datasets(tracker, cfg, data_splits(cfg, test=True, pool=uses_pool))
+        log_datasets(tracker, cfg, data_splits(cfg, test=True, pool=uses_pool(cfg)))
         log.info("[0] reference: logistic regression on mean+max pooled features")
         reference = logistic_reference(
             load_split(cfg.data, cfg.data.train_split),
