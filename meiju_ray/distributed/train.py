@@ -208,8 +208,10 @@ def epoch_stream():
     """(callback, queue): a Train V2 `UserCallback` (it runs on the Train controller) that puts
     rank 0's
     report of every epoch on a Ray queue, which the driver drains while `fit()` runs."""
+    import ray
     from ray.train import UserCallback
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     class EpochStream(UserCallback):
         def __init__(self, queue: Queue):
@@ -218,7 +220,16 @@ def epoch_stream():
         def after_report(self, run_context, metrics, checkpoint):
             self.queue.put(dict(metrics[0]))
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    # The queue's actor lives on the driver's node: placed anywhere, it went down with a lost
+    # worker node and took fit() with it (seen in the multi-node test). soft: a driver whose node
+    # cannot host actors (Ray Client) still gets a queue elsewhere.
+    here = ray.get_runtime_context().get_node_id()
+    queue = Queue(
+        actor_options={
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True),
+        }
+    )
     return EpochStream(queue), queue
 
 
