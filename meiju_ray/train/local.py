@@ -71,6 +71,11 @@ def load_pool(cfg: ExperimentConfig) -> PackedSplit | None:
             f"consistency.weight={cfg.consistency.weight} needs unlabelled rows, but "
             f"{cfg.data.unlabeled_dir} under {cfg.data.root} has none"
         )
+    return capped_pool(cfg, pool)
+
+
+def capped_pool(cfg: ExperimentConfig, pool: PackedSplit) -> PackedSplit:
+    """At most pseudo.max_rows of the pool, a random draw fixed by the seed (0 = all rows)."""
     if cfg.pseudo.max_rows and len(pool) > cfg.pseudo.max_rows:
         pool = pool.subset(
             np.random.default_rng(cfg.seed).permutation(len(pool))[: cfg.pseudo.max_rows]

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +32,7 @@ from meiju_ray.model.network import BACKBONE_PREFIXES, build_model
 from meiju_ray.train import checkpoint
 from meiju_ray.train.augment import augment_batch
 from meiju_ray.train.engine import resolve_device, seed_everything, set_threads
+from meiju_ray.train.local import capped_pool
 
 log = logging.getLogger("meiju_ray")
 BACKBONE = "backbone"  # meta.json "init" of a pre-trained checkpoint: load its keys, keep the rest
@@ -44,15 +44,11 @@ def is_active(cfg: ExperimentConfig) -> bool:
 
 def pretrain_rows(cfg: ExperimentConfig) -> PackedSplit:
     """The rows pre-training sees: the labelled training split, plus the unlabelled pool
-    (pretrain.pool; at most pseudo.max_rows of it, as pseudo-labelling would use)."""
+    (pretrain.pool; at most pseudo.max_rows of it, drawn as online consistency draws it)."""
     progress = lambda msg: log.info(msg)  # noqa: E731
     parts = [load_split(cfg.data, cfg.data.train_split, progress)]
     if cfg.pretrain.pool:
-        pool = load_split(cfg.data, UNLABELED, progress)
-        if cfg.pseudo.max_rows and len(pool) > cfg.pseudo.max_rows:
-            keep = np.random.default_rng(cfg.seed).permutation(len(pool))[: cfg.pseudo.max_rows]
-            pool = pool.subset(keep)
-        parts.append(pool)
+        parts.append(capped_pool(cfg, load_split(cfg.data, UNLABELED, progress)))
     return PackedSplit.concat(parts)
 
 
