@@ -325,10 +325,16 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
             reference["int"],
             reference["joint"],
         )
-        backbone, pretrained = None, None
+        backbone, pretrained, pretrain_fp = None, None, ()
         if pretrain_active(cfg):
             log.info("[1a] self-supervised pre-training: encoders + fusion, labelled + pool rows")
-            fp = fingerprint(cfg, ("seed", "data", "model", "train", "pseudo", "pretrain"))
+            # of the pseudo section only the pool cap reaches it: a new threshold reuses it
+            fp = fingerprint(
+                cfg,
+                ("seed", "data", "model", "train", "pretrain"),
+                f"max_rows={cfg.pseudo.max_rows}",
+            )
+            pretrain_fp = (fp,)
             pretrained = reuse_or_run(
                 out / "pretrain", "pretrain", fp, resume, partial(_pretrain_stage, cfg, tracker)
             )
@@ -337,7 +343,8 @@ def _run_pipeline(cfg: ExperimentConfig, out: Path, tracker: Tracker, resume: bo
         log.info("[1] teacher: labelled data only")
         teacher_cfg = teacher_config(cfg)
         n_teachers = cfg.pseudo.teachers if cfg.pseudo.enabled else 1
-        upstream = fingerprint(teacher_cfg, MODEL_SECTIONS, f"teachers={n_teachers}")
+        # with pre-training, the teacher starts from its backbone: a new backbone, a new teacher
+        upstream = fingerprint(teacher_cfg, MODEL_SECTIONS, f"teachers={n_teachers}", *pretrain_fp)
         teacher = reuse_or_run(
             out / "teacher",
             "teacher",

@@ -128,7 +128,17 @@ def test_pipeline_pretrains_first_and_its_teacher_starts_from_it(small_world, tm
     run_pipeline(small_config(small_world, out, *base, *frozen), resume=True)
     assert (out / "pretrain" / STAGE_FILE).stat().st_mtime_ns == first
     assert (out / "teacher" / STAGE_FILE).stat().st_mtime_ns == teacher
-    changed = [*base, *frozen, "pretrain.temperature=0.2"]
+    # a pseudo-label bar does not reach pre-training or the teacher
+    run_pipeline(small_config(small_world, out, *base, *frozen, "pseudo.threshold=0.5"), True)
+    assert (out / "pretrain" / STAGE_FILE).stat().st_mtime_ns == first
+    assert (out / "teacher" / STAGE_FILE).stat().st_mtime_ns == teacher
+    # the pool cap changes the rows pre-training sees: a new backbone, so a new teacher
+    run_pipeline(small_config(small_world, out, *base, *frozen, "pseudo.max_rows=50"), True)
+    assert (out / "pretrain" / STAGE_FILE).stat().st_mtime_ns != first
+    teacher_now = (out / "teacher" / STAGE_FILE).stat().st_mtime_ns
+    assert teacher_now != teacher
+    first = (out / "pretrain" / STAGE_FILE).stat().st_mtime_ns
+    changed = [*base, *frozen, "pseudo.max_rows=50", "pretrain.temperature=0.2"]
     run_pipeline(small_config(small_world, out, *changed), resume=True)
     assert (out / "pretrain" / STAGE_FILE).stat().st_mtime_ns != first
-    assert (out / "teacher" / STAGE_FILE).stat().st_mtime_ns != teacher
+    assert (out / "teacher" / STAGE_FILE).stat().st_mtime_ns != teacher_now
