@@ -396,7 +396,9 @@ def _ensemble(
     from meiju_ray.distributed.ensemble import train_teachers
     from meiju_ray.train import checkpoint
 
-    out = base / f"seed{seed}" / (f"ensemble{n}" + ("" if backbone is None else "_pretrained"))
+    # one ensemble per backbone (its directory names the pretrain setting), none without
+    suffix = "" if backbone is None else f"_{backbone.parent.name}"
+    out = base / f"seed{seed}" / f"ensemble{n}{suffix}"
     ckpt = out / "teacher" / "checkpoint"
     if not (ckpt / checkpoint.ENSEMBLE).is_file():
         cfg = _config(root, out, args, f"seed={seed}", "train.num_threads=1", "ray.num_cpus=2")
